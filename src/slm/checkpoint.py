@@ -1,0 +1,132 @@
+"""The model folder on disk: what is in it, how it is written and read back.
+
+A run folder is a model folder: `config.json` (the ModelConfig), `model.safetensors` (the
+weights), `tokenizer.json`, `meta.json` (the prepared data's statistics), and, for runs,
+`train_state.pt` (optimizer, step, RNG states) so training can resume. All checkpoint I/O
+and all fixes for older formats live here.
+
+Loading never executes code from a file: weights come from safetensors and the train state
+through `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from slm import __version__
+from slm.config import ModelConfig
+from slm.errors import SLMError
+from slm.fileio import atomic_path, check_format_version, read_json, write_json
+from slm.model import GPT
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+META_FILE = "meta.json"
+TRAIN_STATE_FILE = "train_state.pt"
+TRAIN_CONFIG_FILE = "train_config.json"
+CONFIG_FORMAT_VERSION = 1
+ARCHITECTURE = "slm-llama"
+
+
+def save_config(folder: str | os.PathLike, config: ModelConfig) -> None:
+    payload = {"format_version": CONFIG_FORMAT_VERSION, "architecture": ARCHITECTURE}
+    payload.update(config.to_dict())
+    payload["slm_version"] = __version__
+    write_json(Path(folder) / CONFIG_FILE, payload)
+
+
+def load_config(folder: str | os.PathLike) -> ModelConfig:
+    path = Path(folder) / CONFIG_FILE
+    data = read_json(path, "model config")
+    if not isinstance(data, dict):
+        raise SLMError(f"model config is corrupt: {path} (not a JSON object)")
+    check_format_version(data, CONFIG_FORMAT_VERSION, path, "model config")
+    if data.get("architecture") != ARCHITECTURE:
+        raise SLMError(f"{path} describes a {data.get('architecture')!r} model, not an slm model")
+    fields = {
+        k: v for k, v in data.items() if k not in ("format_version", "architecture", "slm_version")
+    }
+    try:
+        return ModelConfig.from_dict(fields, source=str(path))
+    except TypeError as exc:
+        raise SLMError(f"model config is corrupt: {path} ({exc})") from exc
+
+
+def save_weights(folder: str | os.PathLike, model: GPT) -> None:
+    """Write the weights as fp32 safetensors, atomically.
+
+    The output head is tied to the embedding and is not a separate tensor, so nothing is
+    stored twice.
+    """
+    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper saves as its module
+    tensors = {
+        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()
+    }
+    with atomic_path(Path(folder) / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "slm_version": __version__})
+
+
+def save_model(folder: str | os.PathLike, model: GPT) -> None:
+    """Config and weights: enough to rebuild the model (the tokenizer is copied by callers)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    save_config(folder, model.config)
+    save_weights(folder, model)
+
+
+def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") -> GPT:
+    """Rebuild a model from a model folder; a missing or corrupt folder is one clear error."""
+    folder = check_model_folder(folder)
+    config = load_config(folder)
+    path = folder / WEIGHTS_FILE
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SLMError(f"weights file is corrupt: {path} ({exc})") from exc
+    model = GPT(config)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise SLMError(
+            f"weights in {path} do not match {folder / CONFIG_FILE}",
+            hint=f"missing: {missing[:3]}, unexpected: {unexpected[:3]}",
+        )
+    return model.to(device).eval()
+
+
+def check_model_folder(folder: str | os.PathLike) -> Path:
+    """The folder as a Path, after checking it holds a config, weights and a tokenizer."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SLMError(
+            f"model folder not found: {folder}", hint="give a run folder from `slm train`"
+        )
+    for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
+        if not (folder / name).is_file():
+            raise SLMError(
+                f"{folder} is not a model folder: {name} is missing",
+                hint="a run folder gets its weights at the first checkpoint of `slm train`",
+            )
+    return folder
+
+
+def save_train_state(folder: str | os.PathLike, state: dict[str, Any]) -> None:
+    with atomic_path(Path(folder) / TRAIN_STATE_FILE) as tmp:
+        torch.save(state, tmp)
+
+
+def load_train_state(folder: str | os.PathLike) -> dict[str, Any]:
+    path = Path(folder) / TRAIN_STATE_FILE
+    if not path.is_file():
+        raise SLMError(
+            f"cannot resume: {path} not found", hint="resume needs a run folder from `slm train`"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for a damaged pickle
+        raise SLMError(f"train state is corrupt: {path} ({exc})") from exc

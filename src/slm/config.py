@@ -1,0 +1,276 @@
+"""Typed configuration: the model's shape, the training recipe, presets and validation.
+
+No torch here, so the CLI can build and check a config (and print `--help`) before the heavy
+imports. Precedence is defaults < preset < `--config file` < flags; `merge_overrides` applies
+one layer and names unknown keys with a did-you-mean hint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from slm.errors import EXIT_USAGE, SLMError
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+DType = Literal["auto", "float32", "bfloat16"]
+
+
+def _usage_error(message: str, hint: str | None = None) -> SLMError:
+    return SLMError(message, hint=hint, exit_code=EXIT_USAGE)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of a Llama-style decoder. Saved as `config.json` beside the weights."""
+
+    vocab_size: int = 4096
+    context_len: int = 256
+    d_model: int = 192
+    n_layers: int = 4
+    n_heads: int = 3
+    n_kv_heads: int = 0  # 0 means "same as n_heads" (plain multi-head attention)
+    d_ff: int = 0  # 0 means "about 8/3 * d_model, rounded up to a multiple of 64" (SwiGLU)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        # Resolve the "auto" zeros first so the saved config.json is explicit.
+        if self.n_kv_heads == 0:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        if self.d_ff == 0:
+            object.__setattr__(self, "d_ff", _swiglu_width(self.d_model))
+        self._validate()
+
+    def _validate(self) -> None:
+        for name in ("vocab_size", "context_len", "d_model", "n_layers", "n_heads", "d_ff"):
+            if getattr(self, name) < 1:
+                raise _usage_error(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise _usage_error(
+                f"--d-model {self.d_model} is not divisible by --n-heads {self.n_heads}",
+                hint="each head gets d_model / n_heads dimensions",
+            )
+        if (self.d_model // self.n_heads) % 2:
+            raise _usage_error(
+                f"head size d_model/n_heads = {self.d_model // self.n_heads} must be even "
+                "(rotary embeddings rotate pairs of dimensions)"
+            )
+        if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
+            raise _usage_error(
+                f"--n-heads {self.n_heads} must be a multiple of --n-kv-heads {self.n_kv_heads}"
+            )
+        if self.rope_theta <= 0 or self.norm_eps <= 0:
+            raise _usage_error("--rope-theta and --norm-eps must be positive")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
+        return cls(**_known_fields(cls, data, source))
+
+
+def _swiglu_width(d_model: int) -> int:
+    """8/3 * d_model keeps SwiGLU's three matrices at the parameter cost of a 4x GELU MLP."""
+    return 64 * -(-(8 * d_model) // (3 * 64))
+
+
+# Each preset has a reason. seed-2.5m is the tutorial's model done right (width 192, 3 heads,
+# context 256 ~ 2.5M parameters); tiny keeps tests fast; the rest scale up ~4x at a time.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(vocab_size=512, context_len=64, d_model=64, n_layers=2, n_heads=4),
+    "seed-2.5m": dict(vocab_size=4096, context_len=256, d_model=192, n_layers=4, n_heads=3),
+    "small": dict(vocab_size=4096, context_len=512, d_model=384, n_layers=5, n_heads=6),
+    "medium": dict(vocab_size=8192, context_len=512, d_model=512, n_layers=8, n_heads=8),
+    "124m": dict(vocab_size=50304, context_len=1024, d_model=768, n_layers=12, n_heads=12),
+}
+DEFAULT_PRESET = "seed-2.5m"
+
+
+def preset(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise _usage_error(f"unknown preset {name!r}", hint=_did_you_mean(name, PRESETS))
+    return dict(PRESETS[name])
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training recipe. Saved with the run as `train_config.json`."""
+
+    batch_size: int = 16
+    tokens_per_step: int = 0  # 0: one batch per optimizer step; more: gradient accumulation
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio, not to zero
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    max_steps: int = 0
+    max_tokens: int = 0
+    max_time: str = ""  # wall clock, e.g. "10m"; the schedule is fitted to it
+    epochs: float = 0.0
+    stop_after: int = 0  # stop cleanly after this many steps, as an interruption would
+    eval_every: int = 250
+    eval_tokens: int = 65536
+    save_every: str = ""  # steps ("500") or a time ("5m"); default: at every evaluation
+    sample_tokens: int = 48
+    seed: int = 1337
+    device: Device = "auto"
+    dtype: DType = "auto"
+    compile: Literal["auto", "on", "off"] = "auto"
+    threads: int = 0  # 0: as many as the cores available to this process
+    wandb: bool = False
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "eval_every", "eval_tokens")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise _usage_error(f"--{_flag(name)} must be at least 1")
+        for name in ("max_steps", "max_tokens", "stop_after", "warmup_steps", "tokens_per_step"):
+            if getattr(self, name) < 0:
+                raise _usage_error(f"--{_flag(name)} must not be negative")
+        if self.lr <= 0:
+            raise _usage_error(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise _usage_error("--min-lr-ratio must be between 0 and 1")
+        if self.epochs < 0:
+            raise _usage_error("--epochs must not be negative")
+        if self.max_time:
+            parse_duration(self.max_time, "--max-time")
+        if self.save_every:
+            parse_every(self.save_every)
+        _check_choice("device", self.device, ("auto", "cpu", "cuda", "mps"))
+        _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16"))
+        _check_choice("compile", self.compile, ("auto", "on", "off"))
+
+    @property
+    def has_budget(self) -> bool:
+        return bool(self.max_steps or self.max_tokens or self.max_time or self.epochs)
+
+    @property
+    def max_time_s(self) -> float:
+        return parse_duration(self.max_time, "--max-time") if self.max_time else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        return cls(**_known_fields(cls, data, source))
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise _usage_error(f"--{_flag(name)} must be one of {', '.join(choices)}; got {value!r}")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$")
+_UNIT_S = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hr": 3600.0}
+
+
+def parse_duration(text: str | float, flag: str = "duration") -> float:
+    """Seconds in a duration such as "90", "30s", "5m", "1.5h".
+
+    >>> parse_duration("5m")
+    300.0
+    """
+    if isinstance(text, (int, float)):
+        return float(text)
+    match = _DURATION.match(text)
+    if not match:
+        raise _usage_error(
+            f"{flag}: cannot read {text!r} as a duration", hint='use e.g. "30s", "5m"'
+        )
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def parse_every(text: str) -> tuple[Literal["steps", "seconds"], float]:
+    """`--save-every`: a bare number is steps, a number with a unit is a time.
+
+    >>> parse_every("500"), parse_every("5m")
+    (('steps', 500.0), ('seconds', 300.0))
+    """
+    if text.strip().isdigit():
+        steps = int(text)
+        if steps < 1:
+            raise _usage_error("--save-every must be at least 1 step")
+        return "steps", float(steps)
+    return "seconds", parse_duration(text, "--save-every")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _did_you_mean(name: str, choices: Any) -> str | None:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f"did you mean {close[0]!r}?" if close else f"choose from {', '.join(choices)}"
+
+
+def _known_fields(cls: type, data: dict[str, Any], source: str) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        key = unknown[0]
+        raise _usage_error(f"unknown setting {key!r} in {source}", hint=_did_you_mean(key, names))
+    return dict(data)
+
+
+MODEL_FIELDS = tuple(f.name for f in fields(ModelConfig))
+TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or JSON settings file into one flat dict of field -> value.
+
+    Keys may be flat or grouped under `[model]` / `[train]`; `preset = "small"` is allowed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise _usage_error(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".json":
+            raw = json.loads(text)
+        else:
+            import tomllib  # Python 3.11+; on 3.10 fall back to the tomli backport
+
+            raw = tomllib.loads(text)
+    except ModuleNotFoundError:
+        import tomli as tomllib  # type: ignore[no-redef]
+
+        raw = tomllib.loads(text)
+    except ValueError as exc:
+        raise _usage_error(f"cannot parse config file {path}: {exc}") from exc
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in ("model", "train") and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    allowed = set(MODEL_FIELDS) | set(TRAIN_FIELDS) | {"preset"}
+    for key in flat:
+        if key not in allowed:
+            raise _usage_error(
+                f"unknown setting {key!r} in {path}", hint=_did_you_mean(key, sorted(allowed))
+            )
+    return flat
+
+
+def split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split one flat settings dict into (model fields, train fields)."""
+    model = {k: v for k, v in settings.items() if k in MODEL_FIELDS}
+    train = {k: v for k, v in settings.items() if k in TRAIN_FIELDS}
+    return model, train
