@@ -237,7 +237,7 @@ class GPT(nn.Module):
 
         With a `cache`, `idx` continues the tokens already in it (positions cache.pos...).
         """
-        B, T = idx.shape
+        T = idx.shape[1]
         start = cache.pos if cache is not None else 0
         if start + T > self.config.context_len:
             raise ValueError(
