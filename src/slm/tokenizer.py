@@ -1,0 +1,145 @@
+"""Byte-level BPE tokenizer: training, saving, encode/decode, and raw token bytes.
+
+Built on HF `tokenizers` and saved as a standard `tokenizer.json`. Byte-level means every
+string is first seen as UTF-8 bytes, so any text (emoji, CJK, NUL, CRLF) encodes without an
+unknown token and `decode(encode(s)) == s` exactly. There is no normalizer for the same
+reason. Two special tokens only: `<|endoftext|>` separates documents and ends generation,
+`<|pad|>` pads batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from slm.errors import SLMError
+from slm.fileio import atomic_path
+
+EOT = "<|endoftext|>"
+PAD = "<|pad|>"
+SPECIAL_TOKENS = (EOT, PAD)
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # every byte, plus the specials
+MAX_VOCAB = 2**32 - 1
+
+
+def byte_to_unicode() -> dict[int, str]:
+    """The byte -> printable character table that byte-level BPE vocabularies are written in.
+
+    Printable Latin-1 bytes map to themselves; the other 68 (control chars, space, ...) map
+    to code points from 256 up, so every vocabulary entry is a visible string.
+    """
+    keep = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    table = {b: chr(b) for b in keep}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+class Tokenizer:
+    """A byte-level BPE tokenizer with slm's special tokens."""
+
+    def __init__(self, hf: HFTokenizer):
+        self.hf = hf
+        eot = hf.token_to_id(EOT)
+        pad = hf.token_to_id(PAD)
+        if eot is None or pad is None:
+            raise SLMError(
+                f"tokenizer lacks slm's special tokens {EOT} and {PAD}",
+                hint="train one with `slm prepare` or give a tokenizer made by slm",
+            )
+        self.eot_id: int = eot
+        self.pad_id: int = pad
+        self._token_bytes: list[bytes] | None = None
+
+    # ----------------------------------------------------------------- building
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
+        """Learn merges from `texts` (an iterator is fine: it is streamed, not held)."""
+        if not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
+            raise SLMError(
+                f"--vocab-size {vocab_size} is out of range",
+                hint=f"use {MIN_VOCAB} (bytes + specials) or more",
+            )
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=list(SPECIAL_TOKENS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        hf.train_from_iterator(texts, trainer=trainer)
+        return cls(hf)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Tokenizer:
+        path = Path(path)
+        if not path.is_file():
+            raise SLMError(f"tokenizer not found: {path}")
+        try:
+            hf = HFTokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception for bad JSON
+            raise SLMError(f"tokenizer file is corrupt: {path} ({exc})") from exc
+        return cls(hf)
+
+    def save(self, path: str | os.PathLike) -> None:
+        with atomic_path(path) as tmp:
+            self.hf.save(str(tmp))
+
+    # ----------------------------------------------------------------- use
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special-token strings in it become their special ids."""
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Encode many texts at once; the Rust side spreads them over all cores."""
+        fast = getattr(self.hf, "encode_batch_fast", None)  # skips offsets; tokenizers>=0.20
+        encodings = (fast or self.hf.encode_batch)(texts, add_special_tokens=False)
+        return [e.ids for e in encodings]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=False)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes one token stands for (may be part of a multi-byte character).
+
+        Streaming output joins these and prints only complete UTF-8, so a character split
+        across two tokens is never shown half.
+        """
+        if self._token_bytes is None:
+            self._token_bytes = self._build_token_bytes()
+        return self._token_bytes[token_id]
+
+    def _build_token_bytes(self) -> list[bytes]:
+        to_byte = {ch: b for b, ch in byte_to_unicode().items()}
+        table: list[bytes] = [b""] * self.vocab_size
+        specials = set(SPECIAL_TOKENS)
+        for token, idx in self.hf.get_vocab().items():
+            if token in specials:
+                table[idx] = token.encode("utf-8")
+            else:
+                table[idx] = bytes(to_byte[ch] for ch in token)
+        return table
+
+    def sha256(self) -> str:
+        """A fingerprint of the vocabulary and merges, to tell compatible token files apart."""
+        return hashlib.sha256(self.hf.to_str().encode("utf-8")).hexdigest()
