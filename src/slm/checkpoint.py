@@ -59,7 +59,9 @@ def load_config(folder: str | os.PathLike) -> ModelConfig:
         raise SLMError(f"model config is corrupt: {path} ({exc})") from exc
 
 
-def save_weights(folder: str | os.PathLike, model: GPT) -> None:
+def save_weights(
+    folder: str | os.PathLike, model: GPT, metadata: dict[str, str] | None = None
+) -> None:
     """Write the weights as fp32 safetensors, atomically.
 
     The output head is tied to the embedding and is not a separate tensor, so nothing is
@@ -70,7 +72,8 @@ def save_weights(folder: str | os.PathLike, model: GPT) -> None:
         k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()
     }
     with atomic_path(Path(folder) / WEIGHTS_FILE) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "slm_version": __version__})
+        meta = {"format": "pt", "slm_version": __version__, **(metadata or {})}
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def save_model(folder: str | os.PathLike, model: GPT) -> None:

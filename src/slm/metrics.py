@@ -1,0 +1,121 @@
+"""Training metrics on disk: `metrics.jsonl` (one JSON object per line) and `loss.png`.
+
+Kept apart from the loop so the loop reads as the algorithm. The JSONL file is appended to
+as training runs (a log), and cut back to the resumed step when a run resumes, so an
+interrupted-and-resumed run logs exactly the lines an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from slm.errors import SLMError
+from slm.fileio import atomic_path, write_text
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+
+
+class MetricsLog:
+    """Appends records to metrics.jsonl and forwards them to optional trackers."""
+
+    def __init__(self, run_dir: Path, wandb: bool = False, tensorboard: bool = False,
+                 run_config: dict[str, Any] | None = None):
+        self.path = run_dir / METRICS_FILE
+        self.records: list[dict[str, Any]] = read_metrics(self.path) if self.path.exists() else []
+        self._file = None
+        self._wandb = _start_wandb(run_dir, run_config or {}) if wandb else None
+        self._tensorboard = _start_tensorboard(run_dir) if tensorboard else None
+
+    def truncate_after(self, step: int) -> None:
+        """Forget records past `step` (written after the checkpoint we resume from)."""
+        self.records = [r for r in self.records if r["step"] <= step]
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - a log kept open
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        step = record["step"]
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in record.items() if k != "step"}, step=step)
+        if self._tensorboard is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tensorboard.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Records of a metrics.jsonl; a torn last line (crash mid-write) is dropped."""
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def plot_losses(records: list[dict[str, Any]], target: Path) -> None:
+    """Train and validation loss against tokens seen, written atomically as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    train = [(r["tokens"], r["train_loss"]) for r in records if "train_loss" in r]
+    val = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    if train:
+        xs, ys = zip(*train)
+        ax.plot(xs, ys, color="tab:blue", alpha=0.35, linewidth=0.8, label="train (per step)")
+        ax.plot(xs, _smooth(list(ys)), color="tab:blue", linewidth=1.6, label="train (smoothed)")
+    if val:
+        xs, ys = zip(*val)
+        ax.plot(xs, ys, "o-", color="tab:orange", linewidth=1.6, markersize=4, label="validation")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("loss (nats / token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _smooth(values: list[float], alpha: float = 0.05) -> list[float]:
+    """Exponential moving average, bias-corrected so the start is not pulled to zero."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, start=1):
+        avg = (1 - alpha) * avg + alpha * v
+        out.append(avg / (1 - (1 - alpha) ** i))
+    return out
+
+
+def _start_wandb(run_dir: Path, run_config: dict[str, Any]) -> Any:
+    try:
+        import wandb
+    except ImportError as exc:
+        raise SLMError("--wandb needs the wandb package", hint="pip install wandb") from exc
+    return wandb.init(project="slm", name=run_dir.name, dir=str(run_dir), config=run_config)
+
+
+def _start_tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise SLMError("--tensorboard needs the tensorboard package", hint="pip install tensorboard") from exc
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))

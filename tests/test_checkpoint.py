@@ -1,0 +1,130 @@
+"""The model folder: lossless save/load, atomic writes, clear errors on damage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from slm import checkpoint
+from slm.config import ModelConfig, preset
+from slm.errors import SLMError
+from slm.fileio import atomic_write
+from slm.model import GPT
+from slm.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return Tokenizer.train(["a small corpus for a small test tokenizer. " * 20], vocab_size=300)
+
+
+@pytest.fixture
+def model_dir(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**{**preset("tiny"), "vocab_size": tokenizer.vocab_size}))
+    checkpoint.save_model(tmp_path, model)
+    tokenizer.save(tmp_path / checkpoint.TOKENIZER_FILE)
+    return tmp_path, model
+
+
+def test_reloaded_model_gives_identical_logits(model_dir):
+    folder, model = model_dir
+    loaded = checkpoint.load_model(folder)
+    idx = torch.randint(0, model.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(loaded(idx), model.eval()(idx))
+    assert loaded.config == model.config
+
+
+def test_weights_file_stores_the_tied_embedding_once(model_dir):
+    from safetensors import safe_open
+
+    folder, model = model_dir
+    with safe_open(str(folder / checkpoint.WEIGHTS_FILE), framework="pt") as f:
+        keys = list(f.keys())
+    assert "tok_emb.weight" in keys
+    assert sum(f"{k}".endswith("emb.weight") for k in keys) == 1
+    assert len(keys) == len(model.state_dict())
+
+
+def test_config_json_is_explicit_and_versioned(model_dir):
+    folder, _ = model_dir
+    data = json.loads((folder / checkpoint.CONFIG_FILE).read_text())
+    assert data["format_version"] == 1
+    assert data["n_kv_heads"] == data["n_heads"]
+    assert data["d_ff"] > 0
+
+
+@pytest.mark.parametrize("missing", ["config.json", "model.safetensors", "tokenizer.json"])
+def test_missing_file_is_a_clear_error(model_dir, missing):
+    folder, _ = model_dir
+    (folder / missing).unlink()
+    with pytest.raises(SLMError, match=missing.replace(".", r"\.")):
+        checkpoint.load_model(folder)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(SLMError, match="not found"):
+        checkpoint.load_model(tmp_path / "nope")
+
+
+def test_corrupt_weights_and_config_are_clear_errors(model_dir):
+    folder, _ = model_dir
+    (folder / checkpoint.WEIGHTS_FILE).write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(SLMError, match="corrupt"):
+        checkpoint.load_model(folder)
+    (folder / checkpoint.CONFIG_FILE).write_text("{not json")
+    with pytest.raises(SLMError, match="corrupt"):
+        checkpoint.load_model(folder)
+
+
+def test_config_from_a_newer_format_is_refused(model_dir):
+    folder, _ = model_dir
+    path = folder / checkpoint.CONFIG_FILE
+    data = json.loads(path.read_text())
+    data["format_version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(SLMError, match="format version 99"):
+        checkpoint.load_model(folder)
+
+
+def test_weights_that_do_not_match_the_config(model_dir):
+    folder, _ = model_dir
+    path = folder / checkpoint.CONFIG_FILE
+    data = json.loads(path.read_text())
+    data["n_layers"] += 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(SLMError, match="do not match"):
+        checkpoint.load_model(folder)
+
+
+def test_corrupt_train_state_is_a_clear_error(tmp_path):
+    (tmp_path / checkpoint.TRAIN_STATE_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(SLMError, match="corrupt"):
+        checkpoint.load_train_state(tmp_path)
+
+
+def test_train_state_loads_without_executing_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    torch.save({"step": 1, "x": Evil()}, tmp_path / checkpoint.TRAIN_STATE_FILE)
+    with pytest.raises(SLMError, match="corrupt"):
+        checkpoint.load_train_state(tmp_path)
+
+
+def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("old")
+
+    def failing(f):
+        f.write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, failing)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]

@@ -1,0 +1,85 @@
+"""Settings: presets, validation with flag names, config files, durations."""
+
+from __future__ import annotations
+
+import pytest
+
+from slm.config import (
+    PRESETS,
+    ModelConfig,
+    TrainConfig,
+    load_config_file,
+    parse_duration,
+    parse_every,
+    preset,
+)
+from slm.errors import EXIT_USAGE, SLMError
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_a_valid_model(name):
+    cfg = ModelConfig(**preset(name))
+    assert cfg.d_model % cfg.n_heads == 0
+    assert cfg.n_kv_heads == cfg.n_heads
+    assert cfg.d_ff % 64 == 0
+
+
+def test_seed_preset_is_the_tutorial_shape():
+    cfg = ModelConfig(**preset("seed-2.5m"))
+    assert (cfg.d_model, cfg.n_heads, cfg.context_len, cfg.vocab_size) == (192, 3, 256, 4096)
+
+
+def test_unknown_preset_suggests_the_close_one():
+    with pytest.raises(SLMError, match="unknown preset") as err:
+        preset("smal")
+    assert "small" in err.value.hint
+
+
+@pytest.mark.parametrize(
+    "fields,flag",
+    [({"d_model": 100, "n_heads": 3}, "--d-model"), ({"n_heads": 4, "n_kv_heads": 3}, "--n-kv-heads"),
+     ({"n_layers": 0}, "--n-layers"), ({"d_model": 30, "n_heads": 2}, "head size")],
+)
+def test_bad_model_settings_name_the_flag(fields, flag):
+    with pytest.raises(SLMError) as err:
+        ModelConfig(**{**preset("tiny"), **fields})
+    assert flag in err.value.message
+    assert err.value.exit_code == EXIT_USAGE
+
+
+def test_bad_train_settings_name_the_flag():
+    with pytest.raises(SLMError, match="--lr"):
+        TrainConfig(lr=0)
+    with pytest.raises(SLMError, match="--max-time"):
+        TrainConfig(max_time="soon")
+    with pytest.raises(SLMError, match="--device"):
+        TrainConfig(device="tpu")
+
+
+def test_durations_and_save_intervals():
+    assert parse_duration("90") == 90
+    assert parse_duration("30s") == 30
+    assert parse_duration("1.5h") == 5400
+    assert parse_every("500") == ("steps", 500)
+    assert parse_every("2m") == ("seconds", 120)
+
+
+def test_config_file_toml_flat_and_sectioned(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('preset = "tiny"\nlr = 0.01\n[model]\nn_layers = 3\n[train]\nbatch_size = 4\n')
+    assert load_config_file(path) == {"preset": "tiny", "lr": 0.01, "n_layers": 3, "batch_size": 4}
+
+
+def test_config_file_unknown_key_gets_did_you_mean(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text('{"n_layer": 3}')
+    with pytest.raises(SLMError) as err:
+        load_config_file(path)
+    assert "n_layers" in err.value.hint
+
+
+def test_config_file_that_is_not_toml(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("this is = = not toml")
+    with pytest.raises(SLMError, match="cannot parse"):
+        load_config_file(path)

@@ -1,0 +1,137 @@
+"""The model against plain maths: attention, RoPE, caching, GQA, shapes, parameter counts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from slm.config import ModelConfig, preset
+from slm.model import GPT, KVCache, apply_rope, count_parameters, rope_tables, rotate_half
+
+
+def tiny(**overrides) -> ModelConfig:
+    return ModelConfig(**{**preset("tiny"), **overrides})
+
+
+def test_seed_preset_has_about_2_5m_parameters():
+    n = count_parameters(GPT(ModelConfig(**preset("seed-2.5m"))))
+    assert 2.4e6 < n < 2.7e6
+
+
+@pytest.mark.parametrize("name,low,high", [("tiny", 0, 1e6), ("small", 7e6, 14e6), ("medium", 22e6, 38e6)])
+def test_presets_are_the_advertised_size(name, low, high):
+    with torch.device("meta"):
+        model = GPT(ModelConfig(**preset(name)))
+    assert low < count_parameters(model) < high
+
+
+def test_output_head_is_tied_to_embedding():
+    model = GPT(tiny())
+    names = [n for n, _ in model.named_parameters()]
+    assert not any("head" in n for n in names)
+    x = torch.randint(0, 512, (1, 5))
+    with torch.no_grad():
+        model.tok_emb.weight[7].add_(1.0)
+    assert model(x).shape == (1, 5, 512)
+
+
+def naive_attention(q, k, v):
+    """softmax(q k^T / sqrt(d) + causal mask) v, written out."""
+    T = q.shape[-2]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    mask = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+    return scores.masked_fill(mask, float("-inf")).softmax(-1) @ v
+
+
+def test_attention_matches_naive_maths():
+    torch.manual_seed(0)
+    cfg = tiny()
+    model = GPT(cfg)
+    attn = model.layers[0].attn
+    x = torch.randn(2, 9, cfg.d_model)
+    cos, sin = model.rope_cos[:9], model.rope_sin[:9]
+    q, k, v = attn.qkv(x).split(cfg.d_model, dim=-1)
+    shape = (2, 9, cfg.n_heads, cfg.head_dim)
+    q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    expected = attn.out(naive_attention(q, k, v).transpose(1, 2).reshape(2, 9, cfg.d_model))
+    torch.testing.assert_close(attn(x, cos, sin), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    cos, sin = rope_tables(8, 32, 10000.0)
+    q = torch.randn(8)
+    k = torch.randn(8)
+
+    def score(i, j):
+        qi = apply_rope(q.view(1, 1, 1, 8), cos[i], sin[i])
+        kj = apply_rope(k.view(1, 1, 1, 8), cos[j], sin[j])
+        return float((qi * kj).sum())
+
+    assert score(3, 1) == pytest.approx(score(12, 10), abs=1e-5)
+    assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
+
+
+def test_rotate_half_is_a_quarter_turn():
+    x = torch.arange(4.0)
+    assert rotate_half(x).tolist() == [-2.0, -3.0, 0.0, 1.0]
+    torch.testing.assert_close(rotate_half(rotate_half(x)), -x)
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_kv_cache_gives_the_same_logits_as_full_recompute(n_kv_heads):
+    torch.manual_seed(1)
+    model = GPT(tiny(n_kv_heads=n_kv_heads)).eval()
+    idx = torch.randint(0, 512, (3, 20))
+    with torch.no_grad():
+        full = model(idx)
+        cache = KVCache(model.config, batch_size=3)
+        pieces = [model(idx[:, :11], cache), model(idx[:, 11:12], cache), model(idx[:, 12:], cache)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-4)
+    assert cache.pos == 20
+
+
+def test_last_only_returns_the_final_position():
+    model = GPT(tiny()).eval()
+    idx = torch.randint(0, 512, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx, last_only=True), model(idx)[:, -1:])
+
+
+def test_sequence_longer_than_context_is_refused():
+    model = GPT(tiny(context_len=8))
+    with pytest.raises(ValueError, match="exceeds context_len"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_causality_future_tokens_do_not_change_past_logits():
+    model = GPT(tiny()).eval()
+    a = torch.randint(0, 512, (1, 12))
+    b = a.clone()
+    b[0, 8:] = (b[0, 8:] + 1) % 512
+    with torch.no_grad():
+        torch.testing.assert_close(model(a)[:, :8], model(b)[:, :8])
+
+
+def test_initial_loss_is_near_uniform_and_residual_projections_are_scaled():
+    torch.manual_seed(0)
+    cfg = tiny()
+    model = GPT(cfg)
+    idx = torch.randint(0, cfg.vocab_size, (4, 32))
+    targets = torch.randint(0, cfg.vocab_size, (4, 32))
+    with torch.no_grad():
+        loss = F.cross_entropy(model(idx).flatten(0, 1), targets.flatten())
+    assert abs(float(loss) - math.log(cfg.vocab_size)) < 0.1
+    out_std = float(model.layers[0].attn.out.weight.detach().std())
+    qkv_std = float(model.layers[0].attn.qkv.weight.detach().std())
+    assert out_std == pytest.approx(qkv_std / math.sqrt(2 * cfg.n_layers), rel=0.15)
+
+
+def test_gradients_reach_every_parameter():
+    model = GPT(tiny())
+    idx = torch.randint(0, 512, (2, 16))
+    F.cross_entropy(model(idx).flatten(0, 1), idx.flatten()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
