@@ -15,7 +15,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from slm import __version__
-from slm.config import DEFAULT_PRESET, PRESETS, ModelConfig, TrainConfig
+from slm.config import (
+    DEFAULT_PRESET,
+    MODEL_FIELDS,
+    PRESETS,
+    TRAIN_FIELDS,
+    ModelConfig,
+    TrainConfig,
+)
 from slm.errors import EXIT_INTERRUPTED, EXIT_USAGE, SLMError
 
 DESCRIPTION = """\
@@ -112,7 +119,11 @@ def _add_prepare(sub: Any) -> None:
         default="text",
         help="JSONL / dataset field holding the text (default: text)",
     )
-    p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing prepared folder (other non-empty folders are never deleted)",
+    )
     p.set_defaults(handler=_cmd_prepare)
 
 
@@ -228,7 +239,8 @@ def _field_type(f: dataclasses.Field) -> type:
 def _cmd_train(args: argparse.Namespace) -> int:
     from slm.train import TrainRequest, train
 
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    fields = set(MODEL_FIELDS) | set(TRAIN_FIELDS)
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k in fields}
     request = TrainRequest(
         data=list(args.data),
         out=args.out,
@@ -248,24 +260,244 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_generate(sub: Any) -> None:
-    p = _subparser(sub, "generate", "generate text from a trained model")
+    p = _subparser(
+        sub,
+        "generate",
+        "generate text from a trained model",
+        "Continue PROMPT with the model in RUN_DIR, streaming the text as it is decoded.\n"
+        "No prompt starts a fresh document. Long prompts: --prompt-file FILE or - (stdin).\n\n"
+        '  slm generate runs/NAME "Once upon a time" --seed 1 --num-samples 3 --stop "\\n\\n"\n'
+        "  slm generate runs/NAME - --json < prompt.txt",
+    )
     p.add_argument("model", metavar="RUN_DIR", help="run or exported model folder")
-    p.add_argument("prompt", nargs="?", default="", help='prompt text ("-" reads stdin)')
+    p.add_argument("prompt", nargs="?", help='prompt text ("-" reads stdin)')
+    p.add_argument("--prompt-file", metavar="FILE", help="read the prompt from FILE (UTF-8)")
+    p.add_argument("-i", "--interactive", action="store_true", help="prompt loop, as `slm chat`")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="instead of streaming, print one JSON object per sample: text, prompt_tokens, "
+        "new_tokens, finish_reason, tokens_per_second",
+    )
+    p.add_argument(
+        "--stats", action="store_true", help="print tokens/s and time to first token on stderr"
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute the whole window every token (slow; for checking the KV cache)",
+    )
+    _add_sampling_args(p)
     p.set_defaults(handler=_cmd_generate)
 
 
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """The flags of `SampleConfig`, shared by generate and chat."""
+    from slm.sampling import SampleConfig  # light: no torch at import
+
+    d = SampleConfig()
+    g = p.add_argument_group("sampling")
+    g.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=d.max_new_tokens,
+        metavar="N",
+        help=f"tokens to generate per sample (default: {d.max_new_tokens})",
+    )
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=d.temperature,
+        metavar="T",
+        help=f"randomness; 0 is greedy (default: {d.temperature})",
+    )
+    g.add_argument(
+        "--top-k",
+        type=int,
+        default=d.top_k,
+        metavar="K",
+        help=f"draw from the K most likely tokens; 0: off (default: {d.top_k})",
+    )
+    g.add_argument(
+        "--top-p",
+        type=float,
+        default=d.top_p,
+        metavar="P",
+        help=f"nucleus: the likeliest tokens holding P of the probability; "
+        f"1: off (default: {d.top_p})",
+    )
+    g.add_argument(
+        "--min-p",
+        type=float,
+        default=d.min_p,
+        metavar="P",
+        help=f"drop tokens less likely than P times the best one; 0: off (default: {d.min_p})",
+    )
+    g.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=d.repetition_penalty,
+        metavar="R",
+        help=f"above 1 discourages repeating context tokens (default: {d.repetition_penalty})",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="fixed seed: the same options give the same output (default: random)",
+    )
+    g.add_argument(
+        "--num-samples",
+        type=int,
+        default=d.num_samples,
+        metavar="N",
+        help="independent continuations, sampled together as one batch (default: 1)",
+    )
+    g.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="stop at TEXT, which is not printed; repeatable; \\n and \\t are understood",
+    )
+    g.add_argument(
+        "--ignore-eot",
+        action="store_true",
+        help="never stop at <|endoftext|> (for fixed-length benchmarks)",
+    )
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads (default 0: 1 for a small model at batch 1, else every core)",
+    )
+
+
+def _sample_settings(args: argparse.Namespace) -> Any:
+    """A validated SampleConfig from the flags (before the model loads: fail fast)."""
+    from slm.chat import unescape
+    from slm.sampling import SampleConfig
+
+    if args.threads < 0:
+        raise SLMError("--threads must be 0 (automatic) or more", exit_code=EXIT_USAGE)
+    return SampleConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        num_samples=args.num_samples,
+        stop=tuple(unescape(s) for s in args.stop),
+        ignore_eot=args.ignore_eot,
+    )
+
+
+def _load_for_generation(args: argparse.Namespace, num_samples: int) -> Any:
+    """Load the model, then pick CPU threads for it (the library leaves threads alone)."""
+    from slm.api import load
+    from slm.generate import decode_threads
+    from slm.model import count_parameters
+    from slm.runtime import available_cores, set_threads
+
+    model = load(args.model, args.device, warn=_log)
+    n_params = count_parameters(model.model)
+    set_threads(args.threads or decode_threads(n_params, num_samples, available_cores()))
+    return model
+
+
+def _read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt is not None and args.prompt_file:
+        raise SLMError(
+            "give the prompt as text or with --prompt-file, not both", exit_code=EXIT_USAGE
+        )
+    if args.prompt == "-":
+        return sys.stdin.read()
+    if not args.prompt_file:
+        return args.prompt or ""
+    from pathlib import Path
+
+    path = Path(args.prompt_file)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise SLMError(f"prompt file not found: {path}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SLMError(
+            f"cannot read prompt file {path}: {exc}", hint="prompt files must be UTF-8 text"
+        ) from exc
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
-    raise SLMError("slm generate is not available yet")
+    from slm.chat import run_chat, write_samples
+
+    settings = _sample_settings(args)
+    if args.interactive:
+        if args.prompt is not None or args.prompt_file:
+            raise SLMError(
+                "-i takes its prompts interactively; drop the prompt argument", exit_code=EXIT_USAGE
+            )
+        return run_chat(_load_for_generation(args, settings.num_samples), settings, sys.stdout)
+    prompt = _read_prompt(args)
+    model = _load_for_generation(args, settings.num_samples)
+    generation = model.generation(prompt, settings, use_cache=not args.no_cache)
+    if args.json:
+        for _ in generation:
+            pass
+        _print_json(generation.result)
+    else:
+        write_samples(generation, sys.stdout, settings.num_samples)
+    if args.stats:
+        _log_stats(generation.result)
+    return 0
+
+
+def _print_json(result: Any) -> None:
+    """One JSON object per sample, one per line: the continuation and its numbers."""
+    import json
+
+    for index, c in enumerate(result.completions):
+        record = {
+            "sample": index,
+            "text": c.text,
+            "prompt_tokens": result.prompt_tokens,
+            "new_tokens": c.new_tokens,
+            "finish_reason": c.finish_reason,
+            "tokens_per_second": round(c.tokens_per_s, 1),
+            "time_to_first_token_s": round(result.time_to_first_token_s, 4),
+        }
+        print(json.dumps(record))
+
+
+def _log_stats(result: Any) -> None:
+    _log(
+        f"{result.new_tokens} new tokens in {result.elapsed_s:.2f} s "
+        f"({result.tokens_per_s:.0f} tokens/s), first token after "
+        f"{result.time_to_first_token_s * 1000:.0f} ms, prompt {result.prompt_tokens} tokens"
+    )
 
 
 def _add_chat(sub: Any) -> None:
-    p = _subparser(sub, "chat", "interactive prompt loop with a trained model")
+    p = _subparser(
+        sub,
+        "chat",
+        "interactive prompt loop with a trained model",
+        "Type a prompt, read the continuation, repeat. /help lists the commands that change\n"
+        "settings (/temp 0.7, /top-k 40, /max 100, ...); Ctrl-C stops a generation,\n"
+        "Ctrl-D quits.",
+    )
     p.add_argument("model", metavar="RUN_DIR", help="run or exported model folder")
+    _add_sampling_args(p)
     p.set_defaults(handler=_cmd_chat)
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
-    raise SLMError("slm chat is not available yet")
+    from slm.chat import run_chat
+
+    settings = _sample_settings(args)
+    return run_chat(_load_for_generation(args, settings.num_samples), settings, sys.stdout)
 
 
 # --------------------------------------------------------------------------- eval / bench

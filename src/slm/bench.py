@@ -1,0 +1,263 @@
+"""Measurements shared by `slm bench` and `python -m benchmarks`.
+
+Each measurement runs in a fresh child process, so its peak RSS is its own and one
+measurement's allocations cannot slow the next. Every figure is the median of several
+repeats, reported with its spread (max/min - 1) so a noisy run shows itself. Ceilings
+(the machine's fp32 and bf16 matrix-multiply peaks) are measured in the same run, so
+"fraction of peak" compares like with like on a shared, noisy machine.
+
+Model FLOPs per token = 6 N + 12 n_layers d_model context_len (N = parameters, the tied
+embedding counted once): 6 N for the forward and backward matrix products, the second term
+for attention scores and their weighted sum.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from slm import __version__
+from slm.fileio import write_json, write_text
+
+Log = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- the machine
+
+
+def machine_info() -> dict[str, Any]:
+    """Processor name, the flags that decide matmul speed, cores, and library versions."""
+    import torch
+
+    name, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+    interesting = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"]
+    from slm.runtime import available_cores
+
+    return {
+        "processor": name,
+        "flags": [f for f in interesting if f in flags],
+        "cores": available_cores(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "slm": __version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def machine_slug(info: dict[str, Any]) -> str:
+    """A file name for this machine's results, e.g. `amd-epyc-2c`."""
+    base = (info.get("cuda") or info["processor"]).lower()
+    keep = "".join(c if c.isalnum() else "-" for c in base)
+    slug = "-".join(part for part in keep.split("-") if part)[:40]
+    return f"{slug}-{info['cores']}c"
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    """Median of repeats and the spread (max / min - 1): how noisy the measurement was."""
+    return {"median": statistics.median(values), "spread": max(values) / min(values) - 1,
+            "repeats": len(values)}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def run_isolated(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """Run `fn(*args)` in a fresh spawned process and return its result."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+# --------------------------------------------------------------------------- ceilings
+
+
+def matmul_peak(dtype_name: str, size: int = 1024, repeats: int = 7) -> dict[str, Any]:
+    """GFLOP/s of a square matrix product: the ceiling training is measured against."""
+    import torch
+
+    from slm.runtime import set_threads
+
+    set_threads()
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(3):
+        torch.mm(a, b)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(5):
+            torch.mm(a, b)
+        rates.append(5 * 2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return {"gflops": summarize(rates), "size": size}
+
+
+# --------------------------------------------------------------------------- training
+
+
+def flops_per_token(n_params: int, n_layers: int, d_model: int, context_len: int) -> int:
+    return 6 * n_params + 12 * n_layers * d_model * context_len
+
+
+def train_throughput(preset_name: str = "seed-2.5m", batch_size: int = 16, dtype_name: str = "float32",
+                     compile_it: bool = False, steps: int = 12, warmup: int = 3) -> dict[str, Any]:
+    """Training tokens/s of a preset on random tokens, through the real training step."""
+    import numpy as np
+    import torch
+
+    from slm.config import ModelConfig, TrainConfig, preset
+    from slm.data import BatchSampler
+    from slm.model import GPT, count_parameters
+    from slm.runtime import set_threads
+    from slm.train import make_loss_fn, make_optimizer
+
+    set_threads()
+    torch.manual_seed(0)
+    cfg = ModelConfig(**preset(preset_name))
+    model = GPT(cfg).train()
+    device = torch.device("cpu")
+    dtype = getattr(torch, dtype_name)
+    optimizer = make_optimizer(model, TrainConfig(), device)
+    loss_fn = make_loss_fn(model, device, dtype, compile_it, log=lambda _m: None)
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, 2_000_000).astype(np.uint16)
+    sampler = BatchSampler(tokens, batch_size, cfg.context_len, seed=0)
+    times, losses = [], []
+    compile_start = time.perf_counter()
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        x, y = sampler.next_batch()
+        loss = loss_fn(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if i == warmup - 1:
+            warmup_s = time.perf_counter() - compile_start
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    tokens_per_step = batch_size * cfg.context_len
+    n_params = count_parameters(model)
+    return {
+        "preset": preset_name, "batch_size": batch_size, "context_len": cfg.context_len,
+        "dtype": dtype_name, "compile": compile_it, "parameters": n_params,
+        "flops_per_token": flops_per_token(n_params, cfg.n_layers, cfg.d_model, cfg.context_len),
+        "tokens_per_s": summarize([tokens_per_step / t for t in times]),
+        "warmup_s": warmup_s, "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def prepare_throughput(repeats: int = 3) -> dict[str, Any]:
+    """Tokenizer training and encoding speed (MB/s) on the built-in corpus."""
+    from slm.corpus import iter_plays
+    from slm.runtime import set_threads
+    from slm.tokenizer import Tokenizer
+
+    set_threads()
+    docs = [text for _title, text in iter_plays()]
+    mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
+    train_rates, encode_rates = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tokenizer = Tokenizer.train(iter(docs), vocab_size=4096)
+        train_rates.append(mb / (time.perf_counter() - start))
+        start = time.perf_counter()
+        tokenizer.encode_batch(docs)
+        encode_rates.append(mb / (time.perf_counter() - start))
+    return {"corpus_mb": mb, "train_mb_per_s": summarize(train_rates),
+            "encode_mb_per_s": summarize(encode_rates), "peak_rss_mb": peak_rss_mb()}
+
+
+# --------------------------------------------------------------------------- the suite
+
+
+def run_suite(log: Log, quick: bool = False, compile_cpu: bool = True) -> dict[str, Any]:
+    """Measure ceilings, prepare, train and generate on this machine."""
+    steps = 6 if quick else 12
+    results: dict[str, Any] = {"machine": machine_info(), "time": time.strftime("%Y-%m-%d %H:%M")}
+    log(f"machine: {results['machine']['processor']}, {results['machine']['cores']} cores")
+    results["peak"] = {d: run_isolated(matmul_peak, d) for d in ("float32", "bfloat16")}
+    log("matmul peak: " + ", ".join(
+        f"{d} {r['gflops']['median']:.0f} GFLOP/s" for d, r in results["peak"].items()))
+    results["prepare"] = run_isolated(prepare_throughput, 1 if quick else 3)
+    log(f"prepare: {results['prepare']['train_mb_per_s']['median']:.2f} MB/s tokenizer training, "
+        f"{results['prepare']['encode_mb_per_s']['median']:.2f} MB/s encoding")
+    results["train"] = []
+    variants = [("float32", False), ("bfloat16", False)]
+    if compile_cpu:
+        variants += [("float32", True), ("bfloat16", True)]
+    for dtype_name, compile_it in variants:
+        r = run_isolated(train_throughput, "seed-2.5m", 16, dtype_name, compile_it, steps)
+        peak = results["peak"][dtype_name]["gflops"]["median"]
+        r["mfu"] = r["tokens_per_s"]["median"] * r["flops_per_token"] / (peak * 1e9)
+        results["train"].append(r)
+        log(f"train seed-2.5m {dtype_name}{' compiled' if compile_it else ''}: "
+            f"{r['tokens_per_s']['median']:,.0f} tokens/s ({r['mfu']:.0%} of {dtype_name} peak), "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB")
+    from slm.generate_bench import generate_suite
+
+    results["generate"] = run_isolated(generate_suite, quick)
+    return results
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The README's table: one line per figure, with the spread of its repeats."""
+    m = results["machine"]
+    lines = [f"Machine: {m['processor']} ({m['cores']} cores; {', '.join(m['flags'])}), "
+             f"torch {m['torch']}, slm {m['slm']}, {results['time']}.", "",
+             "| what | figure | spread |", "|---|---|---|"]
+
+    def row(what: str, stat: dict[str, float], unit: str, fmt: str = ",.0f") -> None:
+        lines.append(f"| {what} | {format(stat['median'], fmt)} {unit} | {stat['spread']:.0%} |")
+
+    for dtype_name, r in results["peak"].items():
+        row(f"matmul peak {dtype_name} ({r['size']}³)", r["gflops"], "GFLOP/s")
+    p = results["prepare"]
+    row(f"tokenizer training ({p['corpus_mb']:.1f} MB corpus)", p["train_mb_per_s"], "MB/s", ".2f")
+    row("tokenization (encode)", p["encode_mb_per_s"], "MB/s", ".2f")
+    for r in results["train"]:
+        label = f"train seed-2.5m {r['dtype']}{', compiled' if r['compile'] else ''} (B{r['batch_size']}, T{r['context_len']})"
+        lines.append(f"| {label} | {r['tokens_per_s']['median']:,.0f} tokens/s = {r['mfu']:.0%} of peak, "
+                     f"peak RSS {r['peak_rss_mb']:.0f} MB | {r['tokens_per_s']['spread']:.0%} |")
+    for g in results.get("generate", {}).get("rows", []):
+        lines.append(f"| {g['what']} | {g['figure']} | {g['spread']} |")
+    quality = results.get("quality")
+    if quality:
+        lines.append(f"| quality: seed-2.5m, {quality['budget']} CPU, val bpb (whole held-out plays) "
+                     f"| {quality['bpb']:.3f} bits/byte | — |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict[str, Any], folder: str | os.PathLike) -> tuple[Path, Path]:
+    folder = Path(folder)
+    slug = machine_slug(results["machine"])
+    json_path, md_path = folder / f"{slug}.json", folder / f"{slug}.md"
+    write_json(json_path, results)
+    write_text(md_path, markdown_table(results))
+    return json_path, md_path
+
+
+def load_results(path: str | os.PathLike) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -1,0 +1,48 @@
+"""Shared fixtures. Each group is named for what it serves; add new groups below, apart."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+# --------------------------------------------------------------------------- text corpora
+
+_WORDS = (
+    "the king queen lord lady speak night day love death sword crown honour heart fair "
+    "sweet good noble gentle tongue eyes hand blood heaven earth grace time world man "
+    "woman father mother son daughter friend enemy war peace soul mind fortune"
+)
+
+
+def corpus_text(n_words: int, seed: int = 0) -> str:
+    """Deterministic play-like text: short lines of common words, with punctuation."""
+    rng = random.Random(seed)
+    words = _WORDS.split()
+    lines, line = [], []
+    for _ in range(n_words):
+        line.append(rng.choice(words))
+        if len(line) >= rng.randint(5, 9):
+            lines.append(" ".join(line).capitalize() + rng.choice(",.;!?"))
+            line = []
+    lines.append(" ".join(line))
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def make_corpus_text() -> Callable[..., str]:
+    """`make_corpus_text(n_words, seed=0)` -> deterministic text for data tests."""
+    return corpus_text
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 300-token BPE tokenizer trained on generated text (well under a second)."""
+    from slm.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train([corpus_text(20_000, seed=s) for s in range(3)], vocab_size=300)
+    path = tmp_path_factory.mktemp("small_tokenizer") / "tokenizer.json"
+    tokenizer.save(path)
+    return path

@@ -1,0 +1,304 @@
+"""Training: the schedule, the budget, learning, checkpoints, resume and interruption."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from slm import checkpoint
+from slm.cli import main
+from slm.config import ModelConfig, TrainConfig, preset
+from slm.data import prepare
+from slm.train import TrainRequest, lr_at, plan_budget, train
+
+FAST = {"device": "cpu", "dtype": "float32", "sample_tokens": 0, "threads": 1}
+
+
+def _corpus_text(n_docs: int = 40) -> list[str]:
+    """Small documents with structure a tiny model can learn in seconds."""
+    animals = ["cat", "dog", "bird", "fish", "horse", "mouse", "lion", "bear"]
+    verbs = ["sees", "likes", "chases", "follows", "finds"]
+    docs = []
+    for d in range(n_docs):
+        lines = [
+            f"The {animals[(d + i) % 8]} {verbs[(d * i) % 5]} the {animals[(d + 3 * i) % 8]}."
+            for i in range(12)
+        ]
+        docs.append("\n".join(lines) + "\n")
+    return docs
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("corpus")
+    for i, doc in enumerate(_corpus_text()):
+        (src / f"doc{i:02d}.txt").write_text(doc, encoding="utf-8")
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    prepare([str(src)], out, vocab_size=320, val_fraction=0.1, min_train_tokens=65)
+    return out
+
+
+def _run(prepared: Path, out: Path, **overrides) -> Path:
+    settings = {**FAST, "batch_size": 8, "eval_every": 10, **overrides}
+    result = train(
+        TrainRequest(data=[str(prepared)], out=str(out), preset="tiny", overrides=settings)
+    )
+    return result.run_dir
+
+
+def _losses(run_dir: Path, key: str = "train_loss") -> list[float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)[key] for line in lines if key in json.loads(line)]
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def test_lr_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(lr=1e-3, min_lr_ratio=0.1)
+    assert lr_at(0, 0.0, cfg, warmup_steps=10) == pytest.approx(1e-4)
+    assert lr_at(9, 0.0, cfg, warmup_steps=10) == pytest.approx(1e-3)
+    # A budget (e.g. of time) that ends before warmup_steps: warmup ends at a tenth of it.
+    assert lr_at(2, 0.05, cfg, warmup_steps=1000) == pytest.approx(0.5e-3, rel=0.02)
+    assert lr_at(3, 0.1, cfg, warmup_steps=1000) == pytest.approx(1e-3, rel=0.03)
+    assert lr_at(500, 0.5, cfg, warmup_steps=10) == pytest.approx(0.55e-3)
+    assert lr_at(1000, 1.0, cfg, warmup_steps=10) == pytest.approx(1e-4)
+    decay = [lr_at(s, s / 100, cfg, 10) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(decay, decay[1:]))
+    assert lr_at(0, 0.0, cfg, warmup_steps=0) == pytest.approx(1e-3)
+
+
+def test_budget_from_tokens_epochs_and_accumulation():
+    model = ModelConfig(**preset("tiny"))  # context 64
+    budget = plan_budget(TrainConfig(batch_size=4, max_tokens=256 * 10), model, train_tokens=10_000)
+    assert (budget.total_steps, budget.tokens_per_step, budget.accum_steps) == (10, 256, 1)
+    budget = plan_budget(TrainConfig(batch_size=4, tokens_per_step=1000, epochs=2), model, 10_000)
+    assert budget.accum_steps == 4 and budget.tokens_per_step == 1024
+    assert budget.total_steps == math.ceil(20_000 / 1024)
+    both = plan_budget(TrainConfig(max_steps=5, max_time="1h"), model, 10_000)
+    assert both.done(5, 1.0) and both.done(1, 3600.0) and not both.done(4, 10.0)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_tiny_model_learns_well_below_uniform(prepared, tmp_path):
+    run_dir = _run(prepared, tmp_path / "run", max_steps=120, lr=3e-3, eval_every=40)
+    val = _losses(run_dir, "val_loss")
+    vocab = json.loads((run_dir / "config.json").read_text())["vocab_size"]
+    assert val[0] < math.log(vocab)
+    assert val[-1] < 0.5 * math.log(vocab)
+    assert val[-1] < val[0]
+    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {
+        "step",
+        "tokens",
+        "train_loss",
+        "val_loss",
+        "val_bpb",
+        "lr",
+        "tokens_per_s",
+        "elapsed_s",
+    } <= set(record)
+    assert record["step"] == 120
+
+
+def test_run_folder_is_a_model_folder(prepared, tmp_path):
+    run_dir = _run(prepared, tmp_path / "run", max_steps=12)
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "meta.json",
+        "train_state.pt",
+        "metrics.jsonl",
+        "loss.png",
+        "train_config.json",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model = checkpoint.load_model(run_dir)
+    assert model.config.vocab_size == json.loads((prepared / "meta.json").read_text())["vocab_size"]
+
+
+def test_resumed_run_logs_the_same_losses_as_an_uninterrupted_one(prepared, tmp_path):
+    straight = _run(prepared, tmp_path / "a", max_steps=30)
+    stopped = _run(prepared, tmp_path / "b", max_steps=30, stop_after=13)
+    assert len(_losses(stopped)) == 13
+    train(TrainRequest(resume=str(stopped), overrides={}))
+    assert _losses(stopped) == _losses(straight)
+    assert _losses(stopped, "val_loss") == _losses(straight, "val_loss")
+    a = checkpoint.load_model(straight).state_dict()
+    b = checkpoint.load_model(stopped).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_accumulation_trains(prepared, tmp_path):
+    run_dir = _run(
+        prepared, tmp_path / "run", max_steps=6, batch_size=4, tokens_per_step=4 * 64 * 3
+    )
+    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["tokens"] == 6 * 4 * 64 * 3
+
+
+def test_bf16_autocast_trains(prepared, tmp_path):
+    run_dir = _run(
+        prepared, tmp_path / "run", max_steps=40, dtype="bfloat16", lr=3e-3, eval_every=20
+    )
+    val = _losses(run_dir, "val_loss")
+    assert val[-1] < val[0]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_train_with_flags_and_config_file(prepared, tmp_path, capsys):
+    cfg = tmp_path / "settings.toml"
+    cfg.write_text("[model]\nn_layers = 3\n[train]\nbatch_size = 4\n")
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            str(prepared),
+            "--preset",
+            "tiny",
+            "--config",
+            str(cfg),
+            "--d-model",
+            "48",
+            "--max-steps",
+            "8",
+            "--eval-every",
+            "4",
+            "--sample-tokens",
+            "4",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--seed",
+            "3",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "parameters" in captured.err and "Traceback" not in captured.err
+    assert captured.out.strip()  # the closing sample is the product: it goes to stdout
+    config = json.loads((out / "config.json").read_text())
+    assert (config["n_layers"], config["d_model"]) == (3, 48)
+    train_config = json.loads((out / "train_config.json").read_text())
+    assert (train_config["batch_size"], train_config["seed"]) == (4, 3)
+
+
+def test_cli_refuses_existing_run_folder_and_changed_schedule_on_resume(prepared, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        str(prepared),
+        "--preset",
+        "tiny",
+        "--max-steps",
+        "4",
+        "--out",
+        str(out),
+        "--dtype",
+        "float32",
+        "--sample-tokens",
+        "0",
+    ]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--resume" in err and "Traceback" not in err
+    assert main(["train", "--resume", str(out), "--lr", "0.5"]) == 2
+    assert "--lr" in capsys.readouterr().err
+
+
+def test_cli_resume_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") <= 2 and "Traceback" not in err and "resume" in err
+
+
+def test_cli_bad_setting_is_a_usage_error(prepared, tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            str(prepared),
+            "--preset",
+            "tiny",
+            "--d-model",
+            "50",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
+    assert code == 2
+    assert "--d-model" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes(prepared, tmp_path):
+    """SIGINT mid-run: exit 130, a consistent checkpoint, and --resume finishes the schedule."""
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "slm",
+        "train",
+        str(prepared),
+        "--preset",
+        "tiny",
+        "--max-steps",
+        "100000",
+        "--out",
+        str(out),
+        "--dtype",
+        "float32",
+        "--sample-tokens",
+        "0",
+        "--threads",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in err
+    state = checkpoint.load_train_state(out)
+    assert state["step"] > 0
+    assert len(_losses(out)) >= state["step"]
+    env = {**os.environ}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "slm",
+            "train",
+            "--resume",
+            str(out),
+            "--stop-after",
+            str(state["step"] + 3),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert checkpoint.load_train_state(out)["step"] == state["step"] + 3
