@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import resource
 import socket
 import statistics
 import subprocess
@@ -118,6 +117,27 @@ def throughput(
     return rows
 
 
+def first_token_ms(
+    model: GPT, tokenizer: Tokenizer, prompt_lengths: list[int], repeats: int
+) -> list[dict[str, Any]]:
+    """Time to the first token at batch 1 on 1 thread (`slm generate`'s choice for it)."""
+    torch.set_num_threads(1)
+    rows = []
+    for length in prompt_lengths:
+        prompt = prompt_of(tokenizer, length)
+        settings = SampleConfig(max_new_tokens=1, seed=0, ignore_eot=True)
+        results = [generate(model, tokenizer, prompt, settings) for _ in range(repeats)]
+        rows.append(
+            {
+                "prompt_tokens": results[0].prompt_tokens,
+                "time_to_first_token_ms": summarize(
+                    [1000 * r.time_to_first_token_s for r in results]
+                ),
+            }
+        )
+    return rows
+
+
 # --------------------------------------------------------------------------- per-token anatomy
 
 
@@ -171,19 +191,36 @@ def anatomy(model: GPT, threads: int, steps: int) -> dict[str, float]:
 # --------------------------------------------------------------------------- memory
 
 
+# The child reports its own high-water mark. Not getrusage(RUSAGE_CHILDREN): subprocess
+# starts children with vfork, and Linux folds the parent's memory into the child's peak at
+# exec (this benchmark's ~300 MB made a 265 MB `slm generate` read as 354 MB).
+_CHILD = """
+import resource, sys
+from slm.cli import main
+code = main(sys.argv[1:])
+try:
+    with open("/proc/self/status") as status:
+        kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+except OSError:  # no /proc (macOS): the best the OS offers
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+print(kib, file=sys.stderr)
+sys.exit(code)
+"""
+
+
 def cli_peak_rss(model: GPT, tokenizer: Tokenizer, prompt: str) -> dict[str, float]:
     """Peak RSS and wall time of a whole `slm generate` process (imports and load included)."""
     with tempfile.TemporaryDirectory() as tmp:
         save_model(tmp, model)
         tokenizer.save(Path(tmp) / TOKENIZER_FILE)
         command = [
-            sys.executable, "-m", "slm", "generate", tmp, prompt, "--json", "--seed", "0",
+            sys.executable, "-c", _CHILD, "generate", tmp, prompt, "--json", "--seed", "0",
             "--max-new-tokens", str(NEW_TOKENS), "--ignore-eot", "--device", "cpu",
         ]  # fmt: skip
         start = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True)
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
         wall_s = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    peak_kib = int(done.stderr.split()[-1])
     return {"peak_rss_mb": peak_kib / 1024, "wall_s": wall_s}
 
 
@@ -202,6 +239,9 @@ def generate_suite(quick: bool = False) -> dict[str, Any]:
         "cores": cores,
         "throughput": throughput(model, tokenizer, prompt, threads_list, 2 if quick else 5),
         "anatomy": [anatomy(model, t, 100 if quick else 400) for t in threads_list],
+        "first_token": first_token_ms(
+            model, tokenizer, [PROMPT_TOKENS, model.config.context_len], 3 if quick else 7
+        ),
         "slm_generate": cli_peak_rss(model, tokenizer, prompt),
     }
     torch.set_num_threads(cores)
@@ -229,6 +269,15 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, str]]:
                 "figure": f"{a['model_step_us']:.0f} / {a['matmul_floor_us']:.0f} / "
                 f"{a['sampling_us']:.0f} us, {a['torch_ops_per_step']} torch ops",
                 "spread": "—",
+            }
+        )
+    for f in result["first_token"]:
+        stat = f["time_to_first_token_ms"]
+        rows.append(
+            {
+                "what": f"time to first token, B1, 1 thread, {f['prompt_tokens']}-token prompt",
+                "figure": f"{stat['median']:.1f} ms",
+                "spread": f"{stat['spread']:.0%}",
             }
         )
     cli = result["slm_generate"]

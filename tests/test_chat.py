@@ -96,11 +96,12 @@ def test_the_loop_generates_applies_commands_and_survives_ctrl_c(model):
         model,
         SampleConfig(max_new_tokens=5, seed=0),
         out,
-        scripted("/temp 0", KeyboardInterrupt, "the cat", "", "/nope", "héllo"),
+        scripted("/temp 0", KeyboardInterrupt, "the cat", "", "/nope", "héllo", "//a path"),
     )
     text = out.getvalue()
     assert code == 0
     assert "temperature = 0.0" in text and "unknown command /nope" in text
+    assert text.count("unknown command") == 1  # "//a path" was a prompt, not a command
     assert text.endswith("\n")
 
 

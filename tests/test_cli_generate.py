@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -129,6 +131,7 @@ def test_no_cache_gives_the_same_greedy_text(run_dir, capsys):
         (["--top-p", "1.5"], "--top-p"),
         (["--top-k", "-2"], "--top-k"),
         (["--num-samples", "0"], "--num-samples"),
+        (["--threads", "-1"], "--threads"),
         (["--prompt-file", "p.txt"], "not both"),
     ],
 )
@@ -171,3 +174,9 @@ def test_chat_and_generate_i_run_the_prompt_loop(run_dir, capsys, monkeypatch):
     assert code == 0
     code, _, err = run(capsys, "generate", run_dir, "a prompt", "-i")
     assert code == EXIT_USAGE and "-i" in err
+
+
+def test_building_the_generate_flags_does_not_import_torch():
+    code = "import sys, slm.cli; slm.cli.build_parser(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr

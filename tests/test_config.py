@@ -37,8 +37,12 @@ def test_unknown_preset_suggests_the_close_one():
 
 @pytest.mark.parametrize(
     "fields,flag",
-    [({"d_model": 100, "n_heads": 3}, "--d-model"), ({"n_heads": 4, "n_kv_heads": 3}, "--n-kv-heads"),
-     ({"n_layers": 0}, "--n-layers"), ({"d_model": 30, "n_heads": 2}, "head size")],
+    [
+        ({"d_model": 100, "n_heads": 3}, "--d-model"),
+        ({"n_heads": 4, "n_kv_heads": 3}, "--n-kv-heads"),
+        ({"n_layers": 0}, "--n-layers"),
+        ({"d_model": 30, "n_heads": 2}, "head size"),
+    ],
 )
 def test_bad_model_settings_name_the_flag(fields, flag):
     with pytest.raises(SLMError) as err:

@@ -16,6 +16,7 @@ from slm.config import ModelConfig
 from slm.generate import (
     Generation,
     SampleText,
+    decode_threads,
     generate,
     generate_text,
     slide_keep,
@@ -238,3 +239,9 @@ def test_generate_text_takes_the_training_loops_arguments(model, tokenizer):
         model, tokenizer, "", max_new_tokens=8, temperature=0.8, top_k=50, seed=1, device="cpu"
     )
     assert isinstance(text, str)
+
+
+def test_small_models_decode_one_sample_on_one_thread():
+    assert decode_threads(2_500_000, num_samples=1, cores=8) == 1
+    assert decode_threads(2_500_000, num_samples=8, cores=8) == 8
+    assert decode_threads(124_000_000, num_samples=1, cores=8) == 8

@@ -21,7 +21,9 @@ def test_seed_preset_has_about_2_5m_parameters():
     assert 2.4e6 < n < 2.7e6
 
 
-@pytest.mark.parametrize("name,low,high", [("tiny", 0, 1e6), ("small", 7e6, 14e6), ("medium", 22e6, 38e6)])
+@pytest.mark.parametrize(
+    "name,low,high", [("tiny", 0, 1e6), ("small", 7e6, 14e6), ("medium", 22e6, 38e6)]
+)
 def test_presets_are_the_advertised_size(name, low, high):
     with torch.device("meta"):
         model = GPT(ModelConfig(**preset(name)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -73,7 +74,7 @@ def test_lr_warms_up_then_decays_to_the_floor():
     assert lr_at(500, 0.5, cfg, warmup_steps=10) == pytest.approx(0.55e-3)
     assert lr_at(1000, 1.0, cfg, warmup_steps=10) == pytest.approx(1e-4)
     decay = [lr_at(s, s / 100, cfg, 10) for s in range(10, 101)]
-    assert all(a >= b for a, b in zip(decay, decay[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(decay))
     assert lr_at(0, 0.0, cfg, warmup_steps=0) == pytest.approx(1e-3)
 
 

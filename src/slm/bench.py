@@ -71,8 +71,11 @@ def machine_slug(info: dict[str, Any]) -> str:
 
 def summarize(values: list[float]) -> dict[str, float]:
     """Median of repeats and the spread (max / min - 1): how noisy the measurement was."""
-    return {"median": statistics.median(values), "spread": max(values) / min(values) - 1,
-            "repeats": len(values)}
+    return {
+        "median": statistics.median(values),
+        "spread": max(values) / min(values) - 1,
+        "repeats": len(values),
+    }
 
 
 def peak_rss_mb() -> float:
@@ -118,8 +121,14 @@ def flops_per_token(n_params: int, n_layers: int, d_model: int, context_len: int
     return 6 * n_params + 12 * n_layers * d_model * context_len
 
 
-def train_throughput(preset_name: str = "seed-2.5m", batch_size: int = 16, dtype_name: str = "float32",
-                     compile_it: bool = False, steps: int = 12, warmup: int = 3) -> dict[str, Any]:
+def train_throughput(
+    preset_name: str = "seed-2.5m",
+    batch_size: int = 16,
+    dtype_name: str = "float32",
+    compile_it: bool = False,
+    steps: int = 12,
+    warmup: int = 3,
+) -> dict[str, Any]:
     """Training tokens/s of a preset on random tokens, through the real training step."""
     import numpy as np
     import torch
@@ -158,11 +167,16 @@ def train_throughput(preset_name: str = "seed-2.5m", batch_size: int = 16, dtype
     tokens_per_step = batch_size * cfg.context_len
     n_params = count_parameters(model)
     return {
-        "preset": preset_name, "batch_size": batch_size, "context_len": cfg.context_len,
-        "dtype": dtype_name, "compile": compile_it, "parameters": n_params,
+        "preset": preset_name,
+        "batch_size": batch_size,
+        "context_len": cfg.context_len,
+        "dtype": dtype_name,
+        "compile": compile_it,
+        "parameters": n_params,
         "flops_per_token": flops_per_token(n_params, cfg.n_layers, cfg.d_model, cfg.context_len),
         "tokens_per_s": summarize([tokens_per_step / t for t in times]),
-        "warmup_s": warmup_s, "peak_rss_mb": peak_rss_mb(),
+        "warmup_s": warmup_s,
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -186,8 +200,12 @@ def prepare_throughput(repeats: int = 3) -> dict[str, Any]:
         start = time.perf_counter()
         tokenizer.encode_batch(docs)
         encode_rates.append(mb / (time.perf_counter() - start))
-    return {"corpus_mb": mb, "train_mb_per_s": summarize(train_rates),
-            "encode_mb_per_s": summarize(encode_rates), "peak_rss_mb": peak_rss_mb()}
+    return {
+        "corpus_mb": mb,
+        "train_mb_per_s": summarize(train_rates),
+        "encode_mb_per_s": summarize(encode_rates),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 # --------------------------------------------------------------------------- the suite
@@ -199,11 +217,15 @@ def run_suite(log: Log, quick: bool = False, compile_cpu: bool = True) -> dict[s
     results: dict[str, Any] = {"machine": machine_info(), "time": time.strftime("%Y-%m-%d %H:%M")}
     log(f"machine: {results['machine']['processor']}, {results['machine']['cores']} cores")
     results["peak"] = {d: run_isolated(matmul_peak, d) for d in ("float32", "bfloat16")}
-    log("matmul peak: " + ", ".join(
-        f"{d} {r['gflops']['median']:.0f} GFLOP/s" for d, r in results["peak"].items()))
+    log(
+        "matmul peak: "
+        + ", ".join(f"{d} {r['gflops']['median']:.0f} GFLOP/s" for d, r in results["peak"].items())
+    )
     results["prepare"] = run_isolated(prepare_throughput, 1 if quick else 3)
-    log(f"prepare: {results['prepare']['train_mb_per_s']['median']:.2f} MB/s tokenizer training, "
-        f"{results['prepare']['encode_mb_per_s']['median']:.2f} MB/s encoding")
+    log(
+        f"prepare: {results['prepare']['train_mb_per_s']['median']:.2f} MB/s tokenizer training, "
+        f"{results['prepare']['encode_mb_per_s']['median']:.2f} MB/s encoding"
+    )
     results["train"] = []
     variants = [("float32", False), ("bfloat16", False)]
     if compile_cpu:
@@ -213,9 +235,11 @@ def run_suite(log: Log, quick: bool = False, compile_cpu: bool = True) -> dict[s
         peak = results["peak"][dtype_name]["gflops"]["median"]
         r["mfu"] = r["tokens_per_s"]["median"] * r["flops_per_token"] / (peak * 1e9)
         results["train"].append(r)
-        log(f"train seed-2.5m {dtype_name}{' compiled' if compile_it else ''}: "
+        log(
+            f"train seed-2.5m {dtype_name}{' compiled' if compile_it else ''}: "
             f"{r['tokens_per_s']['median']:,.0f} tokens/s ({r['mfu']:.0%} of {dtype_name} peak), "
-            f"peak RSS {r['peak_rss_mb']:.0f} MB")
+            f"peak RSS {r['peak_rss_mb']:.0f} MB"
+        )
     from slm.generate_bench import generate_suite
 
     results["generate"] = run_isolated(generate_suite, quick)
@@ -225,9 +249,13 @@ def run_suite(log: Log, quick: bool = False, compile_cpu: bool = True) -> dict[s
 def markdown_table(results: dict[str, Any]) -> str:
     """The README's table: one line per figure, with the spread of its repeats."""
     m = results["machine"]
-    lines = [f"Machine: {m['processor']} ({m['cores']} cores; {', '.join(m['flags'])}), "
-             f"torch {m['torch']}, slm {m['slm']}, {results['time']}.", "",
-             "| what | figure | spread |", "|---|---|---|"]
+    lines = [
+        f"Machine: {m['processor']} ({m['cores']} cores; {', '.join(m['flags'])}), "
+        f"torch {m['torch']}, slm {m['slm']}, {results['time']}.",
+        "",
+        "| what | figure | spread |",
+        "|---|---|---|",
+    ]
 
     def row(what: str, stat: dict[str, float], unit: str, fmt: str = ",.0f") -> None:
         lines.append(f"| {what} | {format(stat['median'], fmt)} {unit} | {stat['spread']:.0%} |")
@@ -238,15 +266,20 @@ def markdown_table(results: dict[str, Any]) -> str:
     row(f"tokenizer training ({p['corpus_mb']:.1f} MB corpus)", p["train_mb_per_s"], "MB/s", ".2f")
     row("tokenization (encode)", p["encode_mb_per_s"], "MB/s", ".2f")
     for r in results["train"]:
-        label = f"train seed-2.5m {r['dtype']}{', compiled' if r['compile'] else ''} (B{r['batch_size']}, T{r['context_len']})"
-        lines.append(f"| {label} | {r['tokens_per_s']['median']:,.0f} tokens/s = {r['mfu']:.0%} of peak, "
-                     f"peak RSS {r['peak_rss_mb']:.0f} MB | {r['tokens_per_s']['spread']:.0%} |")
+        compiled = ", compiled" if r["compile"] else ""
+        label = f"train seed-2.5m {r['dtype']}{compiled} (B{r['batch_size']}, T{r['context_len']})"
+        lines.append(
+            f"| {label} | {r['tokens_per_s']['median']:,.0f} tokens/s = {r['mfu']:.0%} of peak, "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB | {r['tokens_per_s']['spread']:.0%} |"
+        )
     for g in results.get("generate", {}).get("rows", []):
         lines.append(f"| {g['what']} | {g['figure']} | {g['spread']} |")
     quality = results.get("quality")
     if quality:
-        lines.append(f"| quality: seed-2.5m, {quality['budget']} CPU, val bpb (whole held-out plays) "
-                     f"| {quality['bpb']:.3f} bits/byte | — |")
+        lines.append(
+            f"| quality: seed-2.5m, {quality['budget']} CPU, val bpb (whole held-out plays) "
+            f"| {quality['bpb']:.3f} bits/byte | — |"
+        )
     return "\n".join(lines) + "\n"
 
 

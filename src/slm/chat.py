@@ -45,7 +45,8 @@ Ctrl-D (or /quit) leaves.
   /rep 1.1        repetition penalty (1: off) /max 200      new tokens per prompt
   /seed 1         fixed seed (/seed none)     /samples 3    continuations per prompt
   /stop \\n\\n      stop string (/stop alone clears it; \\n and \\t are understood)
-  /settings       show the current settings   /help         this text"""
+  /settings       show the current settings   /help         this text
+A prompt that starts with / is typed with two: //usr/bin"""
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
@@ -182,7 +183,7 @@ def run_chat(
         except KeyboardInterrupt:  # Ctrl-C at the prompt clears the line, as in a shell
             output.write("\n")
             continue
-        if line.startswith("/"):
+        if line.startswith("/") and not line.startswith("//"):
             result = parse_command(line, settings)
             if result.quit:
                 return 0
@@ -190,7 +191,7 @@ def run_chat(
             if result.message:
                 output.write(result.message + "\n")
         elif line.strip():
-            _respond(model, line, settings, output)
+            _respond(model, line.removeprefix("/"), settings, output)  # "//x" sends "/x"
 
 
 def _respond(model: LoadedModel, prompt: str, settings: SampleConfig, output: TextIO) -> None:

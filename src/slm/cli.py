@@ -504,13 +504,72 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _add_eval(sub: Any) -> None:
-    p = _subparser(sub, "eval", "loss, perplexity and bits per byte of a model on any text")
+    p = _subparser(
+        sub,
+        "eval",
+        "loss, perplexity and bits per byte of a model on any text",
+        "Score a model on text: loss (nats/token), perplexity and bits per byte.\n\n"
+        "TEXT_SOURCES are anything `slm prepare` accepts (files, folders, JSONL, hf:...,\n"
+        "shakespeare); none means the run's own validation split. Every token is scored\n"
+        "once, with non-overlapping full-context windows; --stride N slides the window by N\n"
+        "tokens so each token sees more context (slower).\n\n"
+        "bits per byte = total loss in nats / (ln 2 * UTF-8 bytes of the scored text):\n"
+        "independent of the tokenizer, so any two models scored this way compare.",
+    )
     p.add_argument("model", metavar="RUN_DIR", help="run or exported model folder")
+    p.add_argument("sources", nargs="*", metavar="TEXT_SOURCES", help="text to score")
+    p.add_argument(
+        "--split",
+        choices=["val", "train"],
+        default="val",
+        help="with no sources: which split of the run's data (default: val)",
+    )
+    p.add_argument(
+        "--stride", type=int, help="slide windows by this many tokens (default: context)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="windows per forward pass (default: 8)"
+    )
+    p.add_argument("--max-tokens", type=int, default=0, help="score only the first N tokens")
+    p.add_argument("--glob", help="file pattern inside folders")
+    p.add_argument("--text-field", default="text", help="JSONL / dataset text field")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["auto", "float32", "bfloat16"],
+        help="precision (default: float32, exact figures)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_cmd_eval)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    raise SLMError("slm eval is not available yet")
+    import json
+
+    from slm.evaluate import evaluate_model
+
+    result = evaluate_model(
+        args.model,
+        args.sources,
+        split=args.split,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        glob=args.glob,
+        text_field=args.text_field,
+        device=args.device,
+        dtype=args.dtype,
+        log=_log,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(
+            f"loss {result.loss:.4f} nats/token  perplexity {result.perplexity:.2f}  "
+            f"{result.bpb:.4f} bits/byte  ({result.tokens:,} tokens, {result.bytes:,} bytes)"
+        )
+    return 0
 
 
 def _add_bench(sub: Any) -> None:

@@ -492,6 +492,45 @@ def _meta(
     }
 
 
+def encode_sources(
+    sources: list[str],
+    tokenizer: Tokenizer,
+    *,
+    glob: str | None = None,
+    text_field: str = "text",
+    log: Log = _no_log,
+) -> np.ndarray:
+    """Token ids of every document in `sources`, each preceded by <|endoftext|>, in memory.
+
+    The same layout as a split of `prepare`, for scoring text with an existing tokenizer
+    (`slm eval`). Encoding goes in batches of pieces, like `prepare`.
+    """
+    chunks: list[np.ndarray] = []
+    pending: list[str] = []
+    starts: list[bool] = []
+
+    def flush() -> None:
+        for ids, first in zip(tokenizer.encode_batch(pending), starts, strict=True):
+            chunks.append(np.asarray(([tokenizer.eot_id] if first else []) + ids, np.int64))
+        pending.clear()
+        starts.clear()
+
+    pending_chars = 0
+
+    for pieces in _documents(
+        resolve_sources(sources, glob=glob, text_field=text_field, log=log), log
+    ):
+        for k, text in enumerate(pieces):
+            pending.append(text)
+            starts.append(k == 0)
+            pending_chars += len(text)
+            if pending_chars >= BATCH_CHARS:
+                flush()
+                pending_chars = 0
+    flush()
+    return np.concatenate(chunks) if chunks else np.empty(0, np.int64)
+
+
 # --------------------------------------------------------------------------- reading
 
 

@@ -16,15 +16,21 @@ context (slower, slightly lower loss).
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from slm.errors import EXIT_USAGE, SLMError
 from slm.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 
@@ -135,6 +141,92 @@ def evaluate_windows(
             progress(len(batch))
     model.train(was_training)
     return EvalResult(loss_sum, n_tokens, n_bytes)
+
+
+def evaluate_model(
+    model_dir: str | os.PathLike,
+    sources: list[str],
+    *,
+    split: str = "val",
+    stride: int | None = None,
+    batch_size: int = 8,
+    max_tokens: int = 0,
+    glob: str | None = None,
+    text_field: str = "text",
+    device: str = "auto",
+    dtype: str = "float32",
+    log: Callable[[str], None] = lambda _msg: None,
+) -> EvalResult:
+    """`slm eval`: score a model folder on text sources, or on its run's own data split."""
+    from slm import checkpoint
+    from slm.runtime import choose_dtype, resolve_device, set_threads
+
+    set_threads()
+    torch_device = resolve_device(device)
+    model = checkpoint.load_model(model_dir, torch_device)
+    tokenizer = Tokenizer.from_file(Path(model_dir) / checkpoint.TOKENIZER_FILE)
+    tokens = _tokens_to_score(Path(model_dir), sources, tokenizer, split, glob, text_field, log)
+    if max_tokens:
+        tokens = tokens[:max_tokens]
+    if len(tokens) < 2:
+        raise SLMError(f"too little text to score: {len(tokens)} token(s)", hint="give more text")
+    context_len = model.config.context_len
+    if stride is not None and not 1 <= stride <= context_len:
+        raise SLMError(
+            f"--stride must be between 1 and the context length {context_len}", exit_code=EXIT_USAGE
+        )
+    if batch_size < 1:
+        raise SLMError("--batch-size must be at least 1", exit_code=EXIT_USAGE)
+    windows = plan_windows(len(tokens), context_len, stride)
+    bar = _bar(len(windows))
+    try:
+        return evaluate_windows(
+            model,
+            tokens,
+            windows,
+            token_byte_lengths(tokenizer),
+            batch_size,
+            torch_device,
+            choose_dtype(dtype, torch_device),
+            progress=bar.update if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _tokens_to_score(
+    model_dir: Path,
+    sources: list[str],
+    tokenizer: Tokenizer,
+    split: str,
+    glob: str | None,
+    text_field: str,
+    log: Callable[[str], None],
+) -> np.ndarray:
+    from slm.data import encode_sources, load_prepared
+
+    if sources:
+        return encode_sources(sources, tokenizer, glob=glob, text_field=text_field, log=log)
+    run_file = model_dir / "run.json"
+    if not run_file.is_file():
+        raise SLMError(
+            f"{model_dir} has no training data on record",
+            hint="give the text to score: slm eval RUN_DIR FILE...",
+            exit_code=EXIT_USAGE,
+        )
+    data = load_prepared(json.loads(run_file.read_text(encoding="utf-8"))["data"])
+    if data.meta.get("tokenizer_sha256") not in (None, tokenizer.sha256()):
+        raise SLMError(f"the data in {data.folder} was made with another tokenizer")
+    return data.tokens(split)  # type: ignore[arg-type]
+
+
+def _bar(total: int) -> Any:
+    if total < 50 or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="window", desc="scoring", leave=False)
 
 
 def _batches_of_equal_length(windows: list[Window], batch_size: int) -> Iterator[list[Window]]:

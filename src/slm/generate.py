@@ -88,13 +88,14 @@ class GenerationResult:
 
 
 def slide_keep(context_len: int) -> int:
-    """Tokens kept (and re-prefilled) when generation runs past the context: 3/4 of it.
+    """Tokens kept (and re-prefilled) when generation runs past the context: half of it.
 
-    Keeping more leaves more context for the next tokens but re-prefills more often: with
-    3/4 the cache refills 0.75 C tokens every C/4 + 1 steps, which for seed-2.5m adds
-    about 5% to the cost of each token (a 192-token prefill is worth ~4 decode steps).
+    Keeping more leaves more context for the next tokens but re-prefills more often. For
+    seed-2.5m on one thread, 512 tokens past a full 256-token window ran at 930 tokens/s
+    keeping 1/2, 842 keeping 3/4 and 685 keeping 7/8, against ~1,130 inside the window
+    (a 128-token prefill costs 6.5 ms, about 10 decode steps).
     """
-    return max(1, 3 * context_len // 4)
+    return max(1, context_len // 2)
 
 
 def window_start(start: int, length: int, context_len: int) -> int:
@@ -105,7 +106,7 @@ def window_start(start: int, length: int, context_len: int) -> int:
     so cached and uncached generation see exactly the same tokens.
 
     >>> [window_start(0, n, 8) for n in (8, 9)]
-    [0, 3]
+    [0, 5]
     """
     if length - start > context_len:
         return length - slide_keep(context_len)
@@ -131,11 +132,11 @@ def decode_threads(n_params: int, num_samples: int, cores: int) -> int:
     """CPU threads for generation: 1 for a small model at batch 1, else every core.
 
     At batch 1 a small model's matrix products are too small to share out: seed-2.5m's
-    decode step took 680 us with 2 threads and 820 us with 1 on an idle 2-core EPYC. But
-    a core busy with anything else stalls every parallel region: with another process
-    running, 2 threads gave a p99 step of 30 ms against 1.4 ms with 1 thread, and whole
-    generations dropped to 90 tokens/s. Batches and bigger models have enough arithmetic
-    per op for threads to pay. TODO: measure the crossover size on an idle many-core CPU.
+    generation ran at 1,212 tokens/s with 2 threads and 1,133 with 1 on an idle 2-core
+    EPYC. But a core busy with anything else stalls every parallel region: on the same
+    machine under load, 2 threads gave 90 tokens/s against 758 with 1 (and a p99 step of
+    30 ms against 1.4 ms). Batches and bigger models have enough arithmetic per op for
+    threads to pay. TODO: measure the crossover size on an idle many-core CPU.
     """
     if num_samples == 1 and n_params < SMALL_MODEL_PARAMS:
         return 1
@@ -200,7 +201,7 @@ class SampleText:
 
     def close(self, reason: FinishReason) -> str:
         """End the sample (unless a stop string already did); return the last text."""
-        text = "" if self.done else self._release(self.decoder.decode(b"", final=True), True)
+        text = "" if self.done else self._release(self.decoder.decode(b"", final=True), final=True)
         if not self.done:
             self.finish_reason = reason
         return text

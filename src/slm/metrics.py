@@ -21,8 +21,13 @@ PLOT_FILE = "loss.png"
 class MetricsLog:
     """Appends records to metrics.jsonl and forwards them to optional trackers."""
 
-    def __init__(self, run_dir: Path, wandb: bool = False, tensorboard: bool = False,
-                 run_config: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        wandb: bool = False,
+        tensorboard: bool = False,
+        run_config: dict[str, Any] | None = None,
+    ):
         self.path = run_dir / METRICS_FILE
         self.records: list[dict[str, Any]] = read_metrics(self.path) if self.path.exists() else []
         self._file = None
@@ -80,11 +85,11 @@ def plot_losses(records: list[dict[str, Any]], target: Path) -> None:
     val = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     if train:
-        xs, ys = zip(*train)
+        xs, ys = zip(*train, strict=False)
         ax.plot(xs, ys, color="tab:blue", alpha=0.35, linewidth=0.8, label="train (per step)")
         ax.plot(xs, _smooth(list(ys)), color="tab:blue", linewidth=1.6, label="train (smoothed)")
     if val:
-        xs, ys = zip(*val)
+        xs, ys = zip(*val, strict=False)
         ax.plot(xs, ys, "o-", color="tab:orange", linewidth=1.6, markersize=4, label="validation")
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("loss (nats / token)")
@@ -117,5 +122,7 @@ def _start_tensorboard(run_dir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
-        raise SLMError("--tensorboard needs the tensorboard package", hint="pip install tensorboard") from exc
+        raise SLMError(
+            "--tensorboard needs the tensorboard package", hint="pip install tensorboard"
+        ) from exc
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))

@@ -10,9 +10,12 @@ Order of operations, per row: repetition penalty -> temperature -> top-k -> top-
 the truncation settings do not matter.
 
 Speed matters here: at batch 1 the whole decode step has a budget of about 1 ms. With top-k
-set, only the k best logits are sorted (`torch.topk`, ~10 us for 4096 logits) and top-p,
-min-p and the draw work on those k values; a full-vocabulary sort happens only for top-p
-without top-k.
+set, only the k best logits are sorted (`topk`, ~10 us for 4096 logits) and top-p, min-p
+and the draw work on those k values; a full-vocabulary sort happens only for top-p without
+top-k.
+
+torch is not imported at module level (the maths use tensor methods): the CLI builds its
+flags from `SampleConfig` while `slm --help` stays free of the one-second torch import.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import dataclasses
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from slm.errors import EXIT_USAGE, SLMError
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_NUM_SAMPLES = 1024  # a batch this size of even a tiny model is far past any sensible use
 
@@ -135,13 +139,14 @@ def apply_repetition_penalty(
     multiplied, so the token always loses ground whatever its sign. Only the T context ids
     are touched (gather/scatter), not the whole vocabulary.
 
+    >>> import torch
     >>> apply_repetition_penalty(torch.tensor([[2.0, -1.0, 3.0]]), torch.tensor([[0, 1]]), 2.0)
     tensor([[ 1., -2.,  3.]])
     """
     if penalty == 1.0 or context.shape[-1] == 0:
         return logits
     seen = logits.gather(-1, context)
-    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    seen = (seen / penalty).where(seen > 0, seen * penalty)
     return logits.scatter(-1, context, seen)
 
 
@@ -152,6 +157,7 @@ def truncate_sorted(values: torch.Tensor, top_p: float, min_p: float) -> torch.T
     stays). Min-p then drops tokens less likely than `min_p` times the best one, which is a
     threshold on logits: log p_i < log p_0 + log(min_p).
 
+    >>> import torch
     >>> truncate_sorted(torch.tensor([[2.0, 1.0, 0.0, -5.0]]), top_p=0.95, min_p=0.0)
     tensor([[2., 1., 0., -inf]])
     """
@@ -198,12 +204,12 @@ def next_token_probs(
     if context is not None:
         logits = apply_repetition_penalty(logits, context, settings.repetition_penalty)
     if settings.greedy:
-        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
+        return logits.new_zeros(logits.shape).scatter(-1, logits.argmax(-1, keepdim=True), 1.0)
     values, ids = candidates(logits, settings)
     probs = values.softmax(dim=-1)
     if ids is None:
         return probs
-    return torch.zeros_like(logits).scatter(-1, ids, probs)
+    return logits.new_zeros(logits.shape).scatter(-1, ids, probs)
 
 
 def sample_next_token(
@@ -237,12 +243,14 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     on CPU ~20 us for a 4096-token row against ~70 us for multinomial (and 500 us at batch
     8). E = -log(U) with U in [0, 1) is never 0, so zero-probability entries never win.
     """
-    uniform = torch.rand(probs.shape, generator=generator, device=probs.device)
+    uniform = probs.new_empty(probs.shape).uniform_(generator=generator)
     return (probs / uniform.log_().neg_()).argmax(dim=-1, keepdim=True)
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
     """A random generator for sampling: seeded for reproducible output, else fresh entropy."""
+    import torch  # here, not at the top: see the module docstring
+
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()

@@ -51,8 +51,17 @@ WARMUP_FRACTION = 0.1  # warmup never takes more than this share of the budget
 RUN_FILE = "run.json"
 STATE_FORMAT_VERSION = 1
 # Flags that may change when resuming: they do not alter the maths of the run.
-RESUMABLE_OVERRIDES = {"device", "threads", "eval_every", "save_every", "stop_after", "compile",
-                       "sample_tokens", "wandb", "tensorboard"}
+RESUMABLE_OVERRIDES = {
+    "device",
+    "threads",
+    "eval_every",
+    "save_every",
+    "stop_after",
+    "compile",
+    "sample_tokens",
+    "wandb",
+    "tensorboard",
+}
 
 Log = Callable[[str], None]
 
@@ -173,7 +182,9 @@ def new_run_dir(out: str | None, preset_name: str | None) -> Path:
     return run_dir
 
 
-def resolve_data(sources: list[str], run_dir: Path, vocab_size: int | None, log: Log) -> PreparedData:
+def resolve_data(
+    sources: list[str], run_dir: Path, vocab_size: int | None, log: Log
+) -> PreparedData:
     """A prepared folder is used as is; anything else is prepared into the run folder."""
     if len(sources) == 1 and is_prepared(sources[0]):
         return load_prepared(sources[0])
@@ -189,10 +200,7 @@ def resolve_data(sources: list[str], run_dir: Path, vocab_size: int | None, log:
 
 def train(request: TrainRequest, log: Log = lambda _msg: None) -> TrainResult:
     """Run (or resume) training and return where it ended. Ctrl-C saves, then returns."""
-    if request.resume:
-        run = _resume_run(request, log)
-    else:
-        run = _new_run(request, log)
+    run = _resume_run(request, log) if request.resume else _new_run(request, log)
     try:
         return run.loop()
     finally:
@@ -222,17 +230,22 @@ def _resume_run(request: TrainRequest, log: Log) -> Run:
     state = checkpoint.load_train_state(run_dir)
     model = checkpoint.load_model(run_dir)
     if state.get("step") != _weights_step(run_dir):
-        raise SLMError(f"{run_dir}: weights and train state are from different steps",
-                       hint="the last checkpoint was cut short; resume is not possible")
+        raise SLMError(
+            f"{run_dir}: weights and train state are from different steps",
+            hint="the last checkpoint was cut short; resume is not possible",
+        )
     saved = read_json(run_dir / checkpoint.TRAIN_CONFIG_FILE, "train config")
     saved_model = model.config.to_dict()
-    changed = {k: v for k, v in request.overrides.items()
-               if (k in saved and saved[k] != v) or (k in saved_model and saved_model[k] != v)}
+    changed = {
+        k: v
+        for k, v in request.overrides.items()
+        if (k in saved and saved[k] != v) or (k in saved_model and saved_model[k] != v)
+    }
     refused = sorted(set(changed) - RESUMABLE_OVERRIDES)
     if refused or request.data or request.preset or request.config_file:
         raise SLMError(
             "a resumed run keeps its data, model and schedule",
-            hint=f"drop {', '.join('--' + k.replace('_', '-') for k in refused) or 'DATA/--preset/--config'}",
+            hint="drop " + (", ".join(_flags(refused)) or "DATA/--preset/--config"),
             exit_code=EXIT_USAGE,
         )
     # --stop-after belongs to one invocation: a resumed run finishes its schedule.
@@ -241,6 +254,10 @@ def _resume_run(request: TrainRequest, log: Log) -> Run:
     data = load_prepared(run_info["data"])
     log(f"resuming {run_dir} at step {state['step']}")
     return Run(run_dir, data, model, train_cfg, log, state=state)
+
+
+def _flags(names: list[str]) -> list[str]:
+    return ["--" + name.replace("_", "-") for name in names]
 
 
 def _weights_step(run_dir: Path) -> int | None:
@@ -254,8 +271,15 @@ def _weights_step(run_dir: Path) -> int | None:
 class Run:
     """One training run's moving parts; `loop()` runs it to the end of its budget."""
 
-    def __init__(self, run_dir: Path, data: PreparedData, model: GPT, cfg: TrainConfig,
-                 log: Log, state: dict[str, Any] | None):
+    def __init__(
+        self,
+        run_dir: Path,
+        data: PreparedData,
+        model: GPT,
+        cfg: TrainConfig,
+        log: Log,
+        state: dict[str, Any] | None,
+    ):
         self.run_dir, self.data, self.cfg, self.log = run_dir, data, cfg, log
         set_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
@@ -265,16 +289,27 @@ class Run:
         self.train_tokens = data.tokens("train")
         self.val_tokens = data.tokens("val")
         self.budget = plan_budget(cfg, self.model_cfg, len(self.train_tokens))
-        self.sampler = BatchSampler(self.train_tokens, cfg.batch_size, self.model_cfg.context_len, cfg.seed)
+        self.sampler = BatchSampler(
+            self.train_tokens, cfg.batch_size, self.model_cfg.context_len, cfg.seed
+        )
         self.optimizer = make_optimizer(self.model, cfg, self.device)
-        self.loss_fn = make_loss_fn(self.model, self.device, self.dtype,
-                                    _want_compile(cfg.compile, self.device, self.budget), log)
+        self.loss_fn = make_loss_fn(
+            self.model,
+            self.device,
+            self.dtype,
+            _want_compile(cfg.compile, self.device, self.budget),
+            log,
+        )
         self.tokenizer = Tokenizer.from_file(run_dir / checkpoint.TOKENIZER_FILE)
         self.byte_lengths = token_byte_lengths(self.tokenizer)
-        self.eval_windows = sample_windows(len(self.val_tokens), self.model_cfg.context_len,
-                                           max(1, cfg.eval_tokens // self.model_cfg.context_len))
-        self.metrics = MetricsLog(run_dir, cfg.wandb, cfg.tensorboard,
-                                  {**cfg.to_dict(), **self.model_cfg.to_dict()})
+        self.eval_windows = sample_windows(
+            len(self.val_tokens),
+            self.model_cfg.context_len,
+            max(1, cfg.eval_tokens // self.model_cfg.context_len),
+        )
+        self.metrics = MetricsLog(
+            run_dir, cfg.wandb, cfg.tensorboard, {**cfg.to_dict(), **self.model_cfg.to_dict()}
+        )
         self.step, self.tokens, self.elapsed_s = 0, 0, 0.0
         self.last_val: EvalResult | None = None
         if state is not None:
@@ -285,7 +320,9 @@ class Run:
 
     def loop(self) -> TrainResult:
         self._announce()
-        save_kind, save_every = parse_every(self.cfg.save_every) if self.cfg.save_every else ("eval", 0)
+        save_kind, save_every = (
+            parse_every(self.cfg.save_every) if self.cfg.save_every else ("eval", 0)
+        )
         last_save_s = self.elapsed_s
         bar = _progress_bar(self.budget, self.step, self.elapsed_s)
         interrupted = stopped_early = False
@@ -293,23 +330,35 @@ class Run:
         try:
             while not self.budget.done(self.step, self.elapsed_s):
                 t0 = time.perf_counter()
-                lr = lr_at(self.step, self.budget.progress(self.step, self.elapsed_s), self.cfg,
-                           self.budget.warmup_steps)
+                lr = lr_at(
+                    self.step,
+                    self.budget.progress(self.step, self.elapsed_s),
+                    self.cfg,
+                    self.budget.warmup_steps,
+                )
                 loss = self.train_step(lr)
                 self.step += 1
                 self.tokens += self.budget.tokens_per_step
                 self.elapsed_s = time.perf_counter() - start
                 tokens_per_s = self.budget.tokens_per_step / max(time.perf_counter() - t0, 1e-9)
-                record = {"step": self.step, "tokens": self.tokens, "train_loss": loss, "lr": lr,
-                          "tokens_per_s": round(tokens_per_s, 1), "elapsed_s": round(self.elapsed_s, 3)}
+                record = {
+                    "step": self.step,
+                    "tokens": self.tokens,
+                    "train_loss": loss,
+                    "lr": lr,
+                    "tokens_per_s": round(tokens_per_s, 1),
+                    "elapsed_s": round(self.elapsed_s, 3),
+                }
                 final = self.budget.done(self.step, self.elapsed_s)
                 if self.step % self.cfg.eval_every == 0 or final:
                     record.update(self.evaluate(bar))
                 self.metrics.append(record)
                 _advance_bar(bar, self.budget, self.step, self.elapsed_s, loss, lr, tokens_per_s)
-                due = (save_kind == "eval" and "val_loss" in record) or (
-                    save_kind == "steps" and self.step % int(save_every) == 0) or (
-                    save_kind == "seconds" and self.elapsed_s - last_save_s >= save_every)
+                due = (
+                    (save_kind == "eval" and "val_loss" in record)
+                    or (save_kind == "steps" and self.step % int(save_every) == 0)
+                    or (save_kind == "seconds" and self.elapsed_s - last_save_s >= save_every)
+                )
                 if due or final:
                     self.save()
                     last_save_s = self.elapsed_s
@@ -323,8 +372,10 @@ class Run:
                 bar.close()
         if interrupted or stopped_early:
             self.save()
-            self.log(f"stopped at step {self.step}; checkpoint saved. "
-                     f"Continue with: slm train --resume {self.run_dir}")
+            self.log(
+                f"stopped at step {self.step}; checkpoint saved. "
+                f"Continue with: slm train --resume {self.run_dir}"
+            )
         plot_losses(self.metrics.records, self.run_dir / PLOT_FILE)
         wants_sample = self.cfg.sample_tokens > 0 and not interrupted
         sample = self.sample_text(self.cfg.sample_tokens * 4) if wants_sample else ""
@@ -352,7 +403,8 @@ class Run:
         if self.device.type == "cuda":
             # Pinned host memory lets the copy overlap with the GPU's work.
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(
-                self.device, non_blocking=True)
+                self.device, non_blocking=True
+            )
         return x.to(self.device), y.to(self.device)
 
     # ------------------------------------------------------------------ eval, save
@@ -360,8 +412,15 @@ class Run:
     def evaluate(self, bar: Any) -> dict[str, float]:
         if len(self.val_tokens) < 2:
             return {}
-        result = evaluate_windows(self.model, self.val_tokens, self.eval_windows, self.byte_lengths,
-                                  self.cfg.batch_size, self.device, self.dtype)
+        result = evaluate_windows(
+            self.model,
+            self.val_tokens,
+            self.eval_windows,
+            self.byte_lengths,
+            self.cfg.batch_size,
+            self.device,
+            self.dtype,
+        )
         self.last_val = result
         line = f"step {self.step}: val loss {result.loss:.4f}, {result.bpb:.4f} bits/byte"
         sample = self.sample_text(self.cfg.sample_tokens) if self.cfg.sample_tokens else ""
@@ -374,8 +433,16 @@ class Run:
         """A short continuation of <|endoftext|>, to watch the model learn."""
         from slm.generate import generate_text
 
-        return generate_text(self.model, self.tokenizer, "", max_new_tokens=max_new_tokens,
-                             temperature=0.8, top_k=50, seed=self.cfg.seed, device=self.device)
+        return generate_text(
+            self.model,
+            self.tokenizer,
+            "",
+            max_new_tokens=max_new_tokens,
+            temperature=0.8,
+            top_k=50,
+            seed=self.cfg.seed,
+            device=self.device,
+        )
 
     def save(self) -> None:
         """Weights first, then the train state; both atomic, both tagged with the step."""
@@ -415,18 +482,23 @@ class Run:
             f"{self.model_cfg.d_model}, {self.model_cfg.n_heads} heads, context "
             f"{self.model_cfg.context_len}, vocab {self.model_cfg.vocab_size})\n"
             f"data: {len(self.train_tokens):,} train / {len(self.val_tokens):,} val tokens; "
-            f"{b.tokens_per_step:,} tokens per step ({b.accum_steps} x batch {self.cfg.batch_size})\n"
+            f"{b.tokens_per_step:,} tokens per step "
+            f"({b.accum_steps} x batch {self.cfg.batch_size})\n"
             f"device: {self.device.type}, {str(self.dtype).replace('torch.', '')}, "
             f"{torch.get_num_threads()} threads; budget: {' or '.join(budget)}"
         )
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig, device: torch.device
+) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only: decaying norm gains would fight the norm."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     fused = device.type in ("cuda", "cpu")  # one kernel for all tensors instead of a loop
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
@@ -447,8 +519,9 @@ def _want_compile(setting: str, device: torch.device, budget: Budget) -> bool:
     return device.type == "cpu" and long_run
 
 
-def make_loss_fn(model: GPT, device: torch.device, dtype: torch.dtype, compile_it: bool,
-                 log: Log) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def make_loss_fn(
+    model: GPT, device: torch.device, dtype: torch.dtype, compile_it: bool, log: Log
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """(x, y) -> mean cross-entropy, under autocast when training in bf16.
 
     The loss is part of the compiled function so that log-softmax over the vocabulary fuses
@@ -456,8 +529,11 @@ def make_loss_fn(model: GPT, device: torch.device, dtype: torch.dtype, compile_i
     """
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        autocast = (nullcontext() if dtype == torch.float32
-                    else torch.autocast(device_type=device.type, dtype=dtype))
+        autocast = (
+            nullcontext()
+            if dtype == torch.float32
+            else torch.autocast(device_type=device.type, dtype=dtype)
+        )
         with autocast:
             logits = model(x)
         return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
@@ -491,13 +567,24 @@ def _progress_bar(budget: Budget, step: int, elapsed_s: float) -> Any:
 
     if budget.total_steps:
         return tqdm(total=budget.total_steps, initial=step, unit="step", dynamic_ncols=True)
-    return tqdm(total=round(budget.max_time_s), initial=round(elapsed_s), unit="s",
-                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]",
-                dynamic_ncols=True)
+    return tqdm(
+        total=round(budget.max_time_s),
+        initial=round(elapsed_s),
+        unit="s",
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]",
+        dynamic_ncols=True,
+    )
 
 
-def _advance_bar(bar: Any, budget: Budget, step: int, elapsed_s: float, loss: float,
-                 lr: float, tokens_per_s: float) -> None:
+def _advance_bar(
+    bar: Any,
+    budget: Budget,
+    step: int,
+    elapsed_s: float,
+    loss: float,
+    lr: float,
+    tokens_per_s: float,
+) -> None:
     if bar is None:
         return
     if budget.total_steps:
