@@ -46,3 +46,31 @@ def small_tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("small_tokenizer") / "tokenizer.json"
     tokenizer.save(path)
     return path
+
+
+# --------------------------------------------------------------------------- model folders
+
+
+def build_model_dir(folder: Path, text: str, context_len: int = 32, seed: int = 0) -> Path:
+    """A model folder as `slm train` leaves it: random (seeded) weights, a real tokenizer."""
+    import torch
+
+    from slm import checkpoint
+    from slm.config import ModelConfig
+    from slm.model import GPT
+    from slm.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train([text], vocab_size=300)
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        vocab_size=tokenizer.vocab_size, context_len=context_len, d_model=32, n_layers=2, n_heads=2
+    )
+    checkpoint.save_model(folder, GPT(config))
+    tokenizer.save(folder / checkpoint.TOKENIZER_FILE)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def make_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """`make_model_dir(text, context_len=32)` -> a fresh tiny model folder."""
+    return lambda text, **kw: build_model_dir(tmp_path_factory.mktemp("model"), text, **kw)

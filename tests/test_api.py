@@ -12,26 +12,15 @@ import torch.nn.functional as F
 import slm
 from slm import checkpoint
 from slm.api import LoadedModel, load
-from slm.config import ModelConfig
 from slm.errors import EXIT_USAGE, SLMError
-from slm.model import GPT
 from slm.tokenizer import Tokenizer
 
 TEXT = "the cat sat on the mat. héllo wörld, naïve café; 日本語 😀! " * 30
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A model folder as `slm train` leaves it: random weights, a real tokenizer."""
-    folder = tmp_path_factory.mktemp("run")
-    tokenizer = Tokenizer.train([TEXT], vocab_size=300)
-    torch.manual_seed(0)
-    config = ModelConfig(
-        vocab_size=tokenizer.vocab_size, context_len=32, d_model=32, n_layers=2, n_heads=2
-    )
-    checkpoint.save_model(folder, GPT(config))
-    tokenizer.save(folder / checkpoint.TOKENIZER_FILE)
-    return folder
+def run_dir(make_model_dir):
+    return make_model_dir(TEXT)
 
 
 @pytest.fixture(scope="module")

@@ -5,29 +5,16 @@ from __future__ import annotations
 import io
 
 import pytest
-import torch
 
-from slm import checkpoint
 from slm.api import LoadedModel, load
 from slm.chat import parse_command, run_chat, unescape, write_samples
-from slm.config import ModelConfig
 from slm.generate import Piece
-from slm.model import GPT
 from slm.sampling import SampleConfig
-from slm.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> LoadedModel:
-    folder = tmp_path_factory.mktemp("run")
-    tokenizer = Tokenizer.train(["the cat sat on the mat; héllo 日本語. " * 40], vocab_size=300)
-    torch.manual_seed(0)
-    config = ModelConfig(
-        vocab_size=tokenizer.vocab_size, context_len=32, d_model=32, n_layers=2, n_heads=2
-    )
-    checkpoint.save_model(folder, GPT(config))
-    tokenizer.save(folder / checkpoint.TOKENIZER_FILE)
-    return load(folder, device="cpu")
+def model(make_model_dir) -> LoadedModel:
+    return load(make_model_dir("the cat sat on the mat; héllo 日本語. " * 40), device="cpu")
 
 
 @pytest.mark.parametrize(

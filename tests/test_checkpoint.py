@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -128,3 +129,11 @@ def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path):
         atomic_write(target, failing)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
+
+
+def test_saved_files_get_the_usual_permissions(model_dir):
+    folder, _ = model_dir
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in (checkpoint.WEIGHTS_FILE, checkpoint.CONFIG_FILE, checkpoint.TOKENIZER_FILE):
+        assert (folder / name).stat().st_mode & 0o777 == 0o666 & ~mask, name

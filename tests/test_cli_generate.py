@@ -8,29 +8,18 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from slm import checkpoint
 from slm.cli import main
-from slm.config import ModelConfig
 from slm.errors import EXIT_FAILURE, EXIT_USAGE
-from slm.model import GPT
 from slm.tokenizer import Tokenizer
 
 TEXT = "the cat sat on the mat. héllo wörld, naïve café; 日本語 😀!\n\n" * 30
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("run")
-    tokenizer = Tokenizer.train([TEXT], vocab_size=300)
-    torch.manual_seed(0)
-    config = ModelConfig(
-        vocab_size=tokenizer.vocab_size, context_len=32, d_model=32, n_layers=2, n_heads=2
-    )
-    checkpoint.save_model(folder, GPT(config))
-    tokenizer.save(folder / checkpoint.TOKENIZER_FILE)
-    return folder
+def run_dir(make_model_dir):
+    return make_model_dir(TEXT)
 
 
 def texts(out: str) -> list[str]:

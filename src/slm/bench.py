@@ -17,9 +17,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import resource
-import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +24,7 @@ from typing import Any
 
 from slm import __version__
 from slm.fileio import write_json, write_text
+from slm.measure import peak_rss_mb, summarize
 
 Log = Callable[[str], None]
 
@@ -67,21 +65,6 @@ def machine_slug(info: dict[str, Any]) -> str:
     keep = "".join(c if c.isalnum() else "-" for c in base)
     slug = "-".join(part for part in keep.split("-") if part)[:40]
     return f"{slug}-{info['cores']}c"
-
-
-def summarize(values: list[float]) -> dict[str, float]:
-    """Median of repeats and the spread (max / min - 1): how noisy the measurement was."""
-    return {
-        "median": statistics.median(values),
-        "spread": max(values) / min(values) - 1,
-        "repeats": len(values),
-    }
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def run_isolated(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -240,10 +223,41 @@ def run_suite(log: Log, quick: bool = False, compile_cpu: bool = True) -> dict[s
             f"{r['tokens_per_s']['median']:,.0f} tokens/s ({r['mfu']:.0%} of {dtype_name} peak), "
             f"peak RSS {r['peak_rss_mb']:.0f} MB"
         )
-    from slm.generate_bench import generate_suite
+    from slm.bench_generate import generate_suite
 
     results["generate"] = run_isolated(generate_suite, quick)
+    for row in results["generate"]["rows"]:
+        log(f"{row['what']}: {row['figure']}")
     return results
+
+
+def quality(budget: str = "10m", log: Log = lambda _m: None) -> dict[str, Any]:
+    """Val bits per byte of seed-2.5m after `budget` of training on the built-in corpus.
+
+    Scored on the whole held-out plays (every val token, non-overlapping windows), not the
+    sample that training evaluates on.
+    """
+    import tempfile
+
+    from slm.evaluate import evaluate_model
+    from slm.train import TrainRequest, train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        result = train(TrainRequest(out=str(run_dir), overrides={"max_time": budget}), log=log)
+        val = evaluate_model(run_dir, [], split="val", log=log)
+        config = json.loads((run_dir / "train_config.json").read_text(encoding="utf-8"))
+    return {
+        "budget": budget,
+        "steps": result.step,
+        "tokens": result.tokens,
+        "bpb": val.bpb,
+        "loss": val.loss,
+        "val_tokens": val.tokens,
+        "val_bytes": val.bytes,
+        "dtype": config["dtype"],
+        "sample": result.sample[:400],
+    }
 
 
 def markdown_table(results: dict[str, Any]) -> str:

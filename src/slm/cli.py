@@ -573,12 +573,37 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: Any) -> None:
-    p = _subparser(sub, "bench", "measure speed and memory on this machine")
+    p = _subparser(
+        sub,
+        "bench",
+        "measure speed and memory on this machine",
+        "Measure this machine's matmul peaks, then prepare, train and generate speed and\n"
+        "memory of seed-2.5m; write results/<machine>.json and a Markdown table.",
+    )
+    p.add_argument("--out", default="benchmarks/results", help="results folder")
+    p.add_argument("--quick", action="store_true", help="fewer repeats (a smoke test)")
+    p.add_argument(
+        "--quality",
+        metavar="BUDGET",
+        nargs="?",
+        const="10m",
+        help="also train seed-2.5m for BUDGET (default 10m) and score the held-out plays",
+    )
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.set_defaults(handler=_cmd_bench)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    raise SLMError("slm bench is not available yet")
+    from slm.bench import quality, run_suite, write_results
+
+    results = run_suite(_log, quick=args.quick, compile_cpu=not args.no_compile)
+    if args.quality:
+        results["quality"] = quality(args.quality, log=_log)
+        _log(f"quality: {results['quality']['bpb']:.3f} bits/byte on the held-out plays")
+    json_path, md_path = write_results(results, args.out)
+    print(md_path.read_text(encoding="utf-8"), end="")
+    _log(f"written: {json_path}, {md_path}")
+    return 0
 
 
 # --------------------------------------------------------------------------- helpers

@@ -29,10 +29,11 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    # mkstemp makes the file private (0600); give it the mode a plain open() would have.
-    os.chmod(tmp_path, 0o666 & ~_umask())
     try:
         yield tmp_path
+        # mkstemp makes the file private (0600), and some writers keep that mode; give the
+        # result the mode a plain open() would have.
+        os.chmod(tmp_path, 0o666 & ~_umask())
         _fsync_file(tmp_path)
         os.replace(tmp_path, target)
     finally:
