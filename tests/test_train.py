@@ -271,8 +271,18 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(prepared, tmp_path):
         "0",
         "--threads",
         "1",
+        "--compile",
+        "off",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell that starts jobs in the background makes them ignore SIGINT, and Python keeps
+    # an inherited "ignore": give the child the default disposition, as a terminal would.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not (out / "metrics.jsonl").exists():
         time.sleep(0.2)

@@ -94,7 +94,8 @@ def plot_losses(records: list[dict[str, Any]], target: Path) -> None:
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("loss (nats / token)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if train or val:
+        ax.legend()
     fig.tight_layout()
     with atomic_path(target) as tmp:
         fig.savefig(tmp, format="png")
