@@ -101,6 +101,21 @@ def test_weights_that_do_not_match_the_config(model_dir):
         checkpoint.load_model(folder)
 
 
+def test_weights_of_another_shape_name_the_first_mismatching_tensor(model_dir):
+    folder, _ = model_dir
+    path = folder / checkpoint.CONFIG_FILE
+    data = json.loads(path.read_text())
+    vocab_size, d_model = data["vocab_size"], data["d_model"]
+    data["vocab_size"] += 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(SLMError, match="do not match") as err:
+        checkpoint.load_model(folder)
+    assert err.value.hint == (
+        f"tok_emb.weight has shape {(vocab_size, d_model)} in the weights file "
+        f"but {(vocab_size + 1, d_model)} by the config"
+    )
+
+
 def test_corrupt_train_state_is_a_clear_error(tmp_path):
     (tmp_path / checkpoint.TRAIN_STATE_FILE).write_bytes(b"not a checkpoint")
     with pytest.raises(SLMError, match="corrupt"):

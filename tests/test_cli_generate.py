@@ -94,6 +94,20 @@ def test_prompt_from_a_file_or_stdin_equals_the_argument(run_dir, capsys, monkey
     assert from_arg == from_file == from_stdin  # the texts: timings differ
 
 
+def test_a_prompt_that_is_not_utf8_is_replaced_with_a_warning(run_dir, capsys, monkeypatch):
+    args = ["--max-new-tokens", "10", "--seed", "2", "--json"]
+    # As a C-locale stdin reads: the two bad bytes arrive as surrogates in the text layer.
+    stdin = io.TextIOWrapper(io.BytesIO(b"\xff\xfe abc"), "utf-8", errors="surrogateescape")
+    monkeypatch.setattr("sys.stdin", stdin)
+    code, out, err = run(capsys, "generate", run_dir, "-", *args)
+    assert code == 0
+    assert "warning: 2 undecodable bytes replaced in the prompt" in err
+    assert texts(out) == texts(run(capsys, "generate", run_dir, "\ufffd\ufffd abc", *args)[1])
+    # The same bytes as an argument (surrogateescape-decoded argv) reach the tokenizer as is.
+    code, out, _ = run(capsys, "generate", run_dir, "\udcff\udcfe abc", *args)
+    assert code == 0 and len(texts(out)) == 1
+
+
 def test_several_samples_stream_one_after_another(run_dir, capsys):
     code, out, _ = run(
         capsys, "generate", run_dir, "the", "--num-samples", "2", "--max-new-tokens", "8"

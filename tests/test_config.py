@@ -12,6 +12,7 @@ from slm.config import (
     parse_duration,
     parse_every,
     preset,
+    split_settings,
 )
 from slm.errors import EXIT_USAGE, SLMError
 
@@ -87,3 +88,78 @@ def test_config_file_that_is_not_toml(tmp_path):
     path.write_text("this is = = not toml")
     with pytest.raises(SLMError, match="cannot parse"):
         load_config_file(path)
+
+
+@pytest.mark.parametrize(
+    "cls,fields,message",
+    [
+        (TrainConfig, {"lr": "1e-3"}, "--lr must be a number, got '1e-3'"),
+        (TrainConfig, {"batch_size": 2.5}, "--batch-size must be a whole number, got 2.5"),
+        (TrainConfig, {"batch_size": True}, "--batch-size must be a whole number, got True"),
+        (TrainConfig, {"wandb": 1}, "--wandb must be true or false, got 1"),
+        (TrainConfig, {"max_time": 600}, "--max-time must be text, got 600"),
+        (TrainConfig, {"lr": float("nan")}, "--lr must be a finite number"),
+        (TrainConfig, {"dtype": 16}, "--dtype must be one of auto, float32, bfloat16; got 16"),
+        (TrainConfig, {"threads": -1}, "--threads must not be negative"),
+        (ModelConfig, {"n_layers": "4"}, "--n-layers must be a whole number, got '4'"),
+        (ModelConfig, {"rope_theta": "1e4"}, "--rope-theta must be a number, got '1e4'"),
+    ],
+)
+def test_wrong_types_are_usage_errors_naming_the_flag(cls, fields, message):
+    base = preset("tiny") if cls is ModelConfig else {}
+    with pytest.raises(SLMError) as err:
+        cls(**{**base, **fields})
+    assert message in err.value.message
+    assert err.value.exit_code == EXIT_USAGE
+
+
+def test_an_int_for_a_float_field_is_stored_as_float():
+    cfg = TrainConfig(lr=1, epochs=2)
+    assert type(cfg.lr) is float and type(cfg.epochs) is float
+    assert type(ModelConfig(**preset("tiny"), rope_theta=500).rope_theta) is float
+
+
+@pytest.mark.parametrize(
+    "name,body,message",
+    [
+        ("run.toml", 'lr = "1e-3"\n', "--lr must be a number"),
+        ("run.json", '{"n_layers": "4"}', "--n-layers must be a whole number"),
+        ("run.json", '{"batch_size": 2.5}', "--batch-size must be a whole number, got 2.5"),
+    ],
+)
+def test_wrongly_typed_values_in_a_config_file(tmp_path, name, body, message):
+    path = tmp_path / name
+    path.write_text(body)
+    model, train = split_settings(load_config_file(path))
+    with pytest.raises(SLMError, match=message):
+        (ModelConfig(**{**preset("tiny"), **model}), TrainConfig(**train))
+
+
+def test_config_file_that_is_not_an_object(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text('[{"lr": 0.01}]')
+    with pytest.raises(SLMError, match="must hold an object of settings, not a list") as err:
+        load_config_file(path)
+    assert err.value.exit_code == EXIT_USAGE
+
+
+def test_config_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_bytes(b'device = "\xff"\n')
+    with pytest.raises(SLMError, match="cannot parse"):
+        load_config_file(path)
+
+
+@pytest.mark.parametrize("text", ["0", "0s", "0.0m", 0, 0.0])
+def test_a_zero_duration_is_refused(text):
+    with pytest.raises(SLMError, match="--max-time must be a positive duration"):
+        parse_duration(text, "--max-time")
+
+
+def test_zero_max_time_and_zero_save_interval_are_refused():
+    with pytest.raises(SLMError, match="--max-time must be a positive duration"):
+        TrainConfig(max_time="0")
+    with pytest.raises(SLMError, match="--save-every must be a positive duration"):
+        TrainConfig(save_every="0s")
+    with pytest.raises(SLMError, match="--save-every must be at least 1 step"):
+        TrainConfig(save_every="0")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -85,11 +86,22 @@ def test_bpb_formula_and_special_tokens_have_no_bytes(model_dir):
     lengths = token_byte_lengths(tokenizer)
     assert lengths[tokenizer.eot_id] == 0 and lengths[tokenizer.pad_id] == 0
     model = checkpoint.load_model(model_dir)
-    ids = np.array([tokenizer.eot_id, *tokenizer.encode(TEXT)])
-    result = evaluate_windows(model, ids, plan_windows(len(ids), 16), lengths)
-    assert result.bytes == len(TEXT.encode("utf-8"))
-    assert result.bpb == pytest.approx(result.loss_sum / math.log(2) / result.bytes)
-    assert result.perplexity == pytest.approx(math.exp(result.loss))
+    eot, text_ids = tokenizer.eot_id, tokenizer.encode(TEXT)
+    ids = [eot, *text_ids, eot, *text_ids]  # the second <|endoftext|> is a scored target
+    result = evaluate_windows(model, np.array(ids), plan_windows(len(ids), 16), lengths)
+    assert result.bytes == 2 * len(TEXT.encode("utf-8"))
+    # The oracle: cut the tokens into consecutive 16-token inputs by hand and sum the loss.
+    loss_sum = 0.0
+    with torch.no_grad():
+        for start in range(0, len(ids) - 1, 16):
+            end = min(start + 16, len(ids) - 1)
+            logits = model(torch.tensor([ids[start:end]]))[0]
+            targets = torch.tensor(ids[start + 1 : end + 1])
+            loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+    assert result.tokens == len(ids) - 1
+    assert result.loss_sum == pytest.approx(loss_sum, rel=1e-5)
+    assert result.bpb == pytest.approx(loss_sum / (math.log(2) * 2 * len(TEXT.encode())), rel=1e-5)
+    assert result.perplexity == pytest.approx(math.exp(loss_sum / (len(ids) - 1)), rel=1e-5)
 
 
 def test_cli_eval_json_on_text_files(model_dir, tmp_path, capsys):
@@ -114,3 +126,36 @@ def test_cli_eval_bad_inputs(model_dir, tmp_path, capsys):
     assert main(["eval", str(tmp_path / "missing"), str(text)]) == 1
     err = capsys.readouterr().err
     assert "--stride" in err and "Traceback" not in err
+
+
+def test_cli_eval_refuses_a_negative_max_tokens(model_dir, tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    assert main(["eval", str(model_dir), str(text), "--max-tokens", "-5"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-tokens must not be negative" in err and "Traceback" not in err
+
+
+@pytest.fixture
+def run_dir(model_dir, tmp_path):
+    """A copy of the model folder that can carry a run.json of the test's making."""
+    folder = tmp_path / "run"
+    shutil.copytree(model_dir, folder)
+    return folder
+
+
+@pytest.mark.parametrize("record", ["{not json", "[]", '{"data": 3}'])
+def test_cli_eval_on_a_corrupt_run_record(run_dir, capsys, record):
+    (run_dir / "run.json").write_text(record, encoding="utf-8")
+    assert main(["eval", str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "run record is corrupt" in err and "Traceback" not in err
+
+
+def test_cli_eval_when_the_runs_data_folder_is_gone(run_dir, tmp_path, capsys):
+    gone = tmp_path / "data_that_was_deleted"
+    (run_dir / "run.json").write_text(json.dumps({"format_version": 1, "data": str(gone)}))
+    assert main(["eval", str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert f"data folder {gone} no longer exists" in err
+    assert "TEXT_SOURCES" in err and "Traceback" not in err

@@ -31,13 +31,22 @@ def test_presets_are_the_advertised_size(name, low, high):
 
 
 def test_output_head_is_tied_to_embedding():
+    torch.manual_seed(0)
     model = GPT(tiny())
     names = [n for n, _ in model.named_parameters()]
     assert not any("head" in n for n in names)
-    x = torch.randint(0, 512, (1, 5))
+    x = torch.tensor([[1, 2, 3, 4, 5]])  # no token 7: its embedding row feeds only the head
+    normed = []
+    model.norm.register_forward_hook(lambda _module, _args, out: normed.append(out))
     with torch.no_grad():
+        before = model(x)
+        # logits = norm(h) @ tok_emb.weight.T, with no other output matrix
+        torch.testing.assert_close(before, normed[0] @ model.tok_emb.weight.T)
         model.tok_emb.weight[7].add_(1.0)
-    assert model(x).shape == (1, 5, 512)
+        after = model(x)
+    others = [i for i in range(512) if i != 7]
+    torch.testing.assert_close(after[..., others], before[..., others])
+    torch.testing.assert_close(after[..., 7], before[..., 7] + normed[0].sum(-1))
 
 
 def naive_attention(q, k, v):

@@ -104,6 +104,18 @@ def test_encode_batch_matches_encode(tokenizer: Tokenizer) -> None:
     assert tokenizer.encode_batch(EDGE_CASES) == [tokenizer.encode(t) for t in EDGE_CASES]
 
 
+def test_lone_surrogates_encode_as_the_replacement_character(tokenizer: Tokenizer) -> None:
+    # "\udcff" is what surrogateescape makes of a byte 0xff; "\ud800" is a bare high half.
+    text = "ab\udcffcd \ud800!"
+    expected = "ab\ufffdcd \ufffd!"
+    assert tokenizer.decode(tokenizer.encode(text)) == expected
+    assert tokenizer.encode(text) == tokenizer.encode(expected)
+    assert tokenizer.encode_batch(["fine", text]) == [
+        tokenizer.encode("fine"),
+        tokenizer.encode(expected),
+    ]
+
+
 def test_saved_file_reloads_with_the_same_ids_and_fingerprint(
     tokenizer: Tokenizer, tmp_path: Path
 ) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from slm import checkpoint
 from slm.cli import main
 from slm.config import ModelConfig, TrainConfig, preset
 from slm.data import prepare
+from slm.errors import SLMError
 from slm.train import TrainRequest, lr_at, plan_budget, train
 
 FAST = {"device": "cpu", "dtype": "float32", "sample_tokens": 0, "threads": 1}
@@ -293,8 +293,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(prepared, tmp_path):
     assert "Traceback" not in err and "--resume" in err
     state = checkpoint.load_train_state(out)
     assert state["step"] > 0
-    assert len(_losses(out)) >= state["step"]
-    env = {**os.environ}
+    assert len(_losses(out)) == state["step"]  # the checkpoint holds every logged step
     done = subprocess.run(
         [
             sys.executable,
@@ -308,8 +307,51 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(prepared, tmp_path):
         ],
         capture_output=True,
         text=True,
-        env=env,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert checkpoint.load_train_state(out)["step"] == state["step"] + 3
+    end = state["step"] + 3
+    assert checkpoint.load_train_state(out)["step"] == end
+    # The same schedule run straight through to the same step logs the same losses.
+    settings = {
+        "max_steps": 100000,
+        "dtype": "float32",
+        "sample_tokens": 0,
+        "threads": 1,
+        "compile": "off",
+        "stop_after": end,
+    }
+    straight = train(
+        TrainRequest(
+            data=[str(prepared)], out=str(tmp_path / "straight"), preset="tiny", overrides=settings
+        )
+    ).run_dir
+    assert _losses(out) == _losses(straight)
+
+
+def test_a_failed_start_can_be_retried_with_the_same_out(prepared, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", str(prepared), "--preset", "tiny", "--out", str(out), "--sample-tokens", "0"]
+    assert main([*base, "--context-len", "100000", "--max-steps", "2"]) == 1
+    assert "too few" in capsys.readouterr().err
+    assert main([*base, "--max-steps", "2", "--dtype", "float32"]) == 0
+
+
+def test_out_that_is_a_file_is_a_usage_error(prepared, tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    assert main(["train", str(prepared), "--preset", "tiny", "--out", str(target)]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_resume_refuses_data_that_changed(prepared, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(prepared, data)
+    run_dir = _run(data, tmp_path / "run", max_steps=10, stop_after=4)
+    meta = json.loads((data / "meta.json").read_text())
+    meta["tokenizer_sha256"] = "0" * 64
+    (data / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(SLMError, match="changed"):
+        train(TrainRequest(resume=str(run_dir)))

@@ -68,9 +68,7 @@ def save_weights(
     stored twice.
     """
     model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper saves as its module
-    tensors = {
-        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()
-    }
+    tensors = _fp32_tensors(model)
     with atomic_path(Path(folder) / WEIGHTS_FILE) as tmp:
         meta = {"format": "pt", "slm_version": __version__, **(metadata or {})}
         save_file(tensors, str(tmp), metadata=meta)
@@ -93,13 +91,35 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
     except (SafetensorError, OSError, ValueError) as exc:
         raise SLMError(f"weights file is corrupt: {path} ({exc})") from exc
     model = GPT(config)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise SLMError(
-            f"weights in {path} do not match {folder / CONFIG_FILE}",
-            hint=f"missing: {missing[:3]}, unexpected: {unexpected[:3]}",
-        )
+    mismatch = _state_mismatch(model.state_dict(), tensors)
+    if mismatch:
+        raise SLMError(f"weights in {path} do not match {folder / CONFIG_FILE}", hint=mismatch)
+    model.load_state_dict(tensors)
     return model.to(device).eval()
+
+
+def _state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """What differs between the tensors a config implies and those in a file ("" if nothing).
+
+    Checked before `load_state_dict`, which raises a bare RuntimeError on a changed shape
+    (say vocab_size edited in config.json) and only lists missing or unexpected names.
+    """
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    resized = [k for k in expected if k in found and found[k].shape != expected[k].shape]
+    problems = []
+    if resized:
+        name = resized[0]
+        problems.append(
+            f"{name} has shape {tuple(found[name].shape)} in the weights file but "
+            f"{tuple(expected[name].shape)} by the config"
+            + (f" (and {len(resized) - 1} more)" if len(resized) > 1 else "")
+        )
+    if missing:
+        problems.append(f"missing: {missing[:3]}")
+    if unexpected:
+        problems.append(f"unexpected: {unexpected[:3]}")
+    return "; ".join(problems)
 
 
 def check_model_folder(folder: str | os.PathLike) -> Path:
@@ -116,6 +136,33 @@ def check_model_folder(folder: str | os.PathLike) -> Path:
                 hint="a run folder gets its weights at the first checkpoint of `slm train`",
             )
     return folder
+
+
+def save_checkpoint(
+    folder: str | os.PathLike, model: GPT, state: dict[str, Any], step: int
+) -> None:
+    """Weights and train state of one step, both tagged with it.
+
+    Both files are written and flushed under temporary names first and only then renamed
+    into place, one right after the other, so an interruption leaves the previous pair or
+    the new one (resume checks the two steps agree).
+    """
+    folder = Path(folder)
+    model = getattr(model, "_orig_mod", model)
+    tensors = _fp32_tensors(model)
+    meta = {"format": "pt", "slm_version": __version__, "step": str(step)}
+    with (
+        atomic_path(folder / WEIGHTS_FILE) as weights_tmp,
+        atomic_path(folder / TRAIN_STATE_FILE) as state_tmp,
+    ):
+        save_file(tensors, str(weights_tmp), metadata=meta)
+        torch.save(state, state_tmp)
+
+
+def _fp32_tensors(model: GPT) -> dict[str, torch.Tensor]:
+    return {
+        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()
+    }
 
 
 def save_train_state(folder: str | os.PathLike, state: dict[str, Any]) -> None:

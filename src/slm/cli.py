@@ -414,7 +414,16 @@ def _read_prompt(args: argparse.Namespace) -> str:
             "give the prompt as text or with --prompt-file, not both", exit_code=EXIT_USAGE
         )
     if args.prompt == "-":
-        return sys.stdin.read()
+        # Read bytes, not locale-decoded text: bytes that are not UTF-8 become U+FFFD and are
+        # counted, as in `slm prepare`. A replaced sys.stdin may have no buffer; read its text.
+        from slm.sources import replace_undecodable
+
+        stream = getattr(sys.stdin, "buffer", None)
+        raw = stream.read().decode("utf-8", "surrogateescape") if stream else sys.stdin.read()
+        text, bad_bytes = replace_undecodable(raw)
+        if bad_bytes:
+            _log(f"warning: {bad_bytes} undecodable bytes replaced in the prompt (not UTF-8)")
+        return text
     if not args.prompt_file:
         return args.prompt or ""
     from pathlib import Path
@@ -530,7 +539,9 @@ def _add_eval(sub: Any) -> None:
     p.add_argument(
         "--batch-size", type=int, default=8, help="windows per forward pass (default: 8)"
     )
-    p.add_argument("--max-tokens", type=int, default=0, help="score only the first N tokens")
+    p.add_argument(
+        "--max-tokens", type=int, default=0, help="score only the first N tokens (default: 0, all)"
+    )
     p.add_argument("--glob", help="file pattern inside folders")
     p.add_argument("--text-field", default="text", help="JSONL / dataset text field")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")

@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from slm.errors import EXIT_USAGE, SLMError
 
@@ -40,6 +41,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        _check_types(self)
         # Resolve the "auto" zeros first so the saved config.json is explicit.
         if self.n_kv_heads == 0:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
@@ -134,11 +136,20 @@ class TrainConfig:
     tensorboard: bool = False
 
     def __post_init__(self) -> None:
+        _check_types(self)  # holds device, dtype and compile to their choices too
         positive = ("batch_size", "eval_every", "eval_tokens")
         for name in positive:
             if getattr(self, name) < 1:
                 raise _usage_error(f"--{_flag(name)} must be at least 1")
-        for name in ("max_steps", "max_tokens", "stop_after", "warmup_steps", "tokens_per_step"):
+        nonnegative = (
+            "max_steps",
+            "max_tokens",
+            "stop_after",
+            "warmup_steps",
+            "tokens_per_step",
+            "threads",
+        )
+        for name in nonnegative:
             if getattr(self, name) < 0:
                 raise _usage_error(f"--{_flag(name)} must not be negative")
         if self.lr <= 0:
@@ -151,9 +162,6 @@ class TrainConfig:
             parse_duration(self.max_time, "--max-time")
         if self.save_every:
             parse_every(self.save_every)
-        _check_choice("device", self.device, ("auto", "cpu", "cuda", "mps"))
-        _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16"))
-        _check_choice("compile", self.compile, ("auto", "on", "off"))
 
     @property
     def has_budget(self) -> bool:
@@ -171,9 +179,42 @@ class TrainConfig:
         return cls(**_known_fields(cls, data, source))
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise _usage_error(f"--{_flag(name)} must be one of {', '.join(choices)}; got {value!r}")
+def _check_types(config: Any) -> None:
+    """Hold each field of a config dataclass to its annotated type; store ints as floats.
+
+    Flags arrive typed by argparse, but a `--config` file can say `lr = "1e-3"` or
+    `batch_size = 2.5`, which would otherwise fail later as a TypeError deep in training.
+    bool is an int subclass in Python; here it is not a number (`n_layers = true` is a slip).
+    """
+    hints = get_type_hints(type(config))
+    for f in fields(config):
+        value = getattr(config, f.name)
+        expected = hints[f.name]
+        flag = f"--{_flag(f.name)}"
+        if get_origin(expected) is Literal:
+            choices = get_args(expected)
+            if not isinstance(value, str) or value not in choices:
+                raise _usage_error(f"{flag} must be one of {', '.join(choices)}; got {value!r}")
+        elif expected is bool:
+            if not isinstance(value, bool):
+                raise _usage_error(f"{flag} must be true or false, got {value!r}")
+        elif expected is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _usage_error(f"{flag} must be a whole number, got {value!r}")
+        elif expected is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise _usage_error(f"{flag} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise _usage_error(f"{flag} must be a finite number, got {value!r}")
+            object.__setattr__(config, f.name, float(value))
+        elif expected is str:
+            if not isinstance(value, str):
+                raise _usage_error(
+                    f"{flag} must be text, got {value!r}",
+                    hint=f'in a config file, quote it: {f.name} = "{value}"',
+                )
+        else:  # a new field type needs a rule here
+            raise AssertionError(f"no type check for {f.name}: {expected!r}")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$")
@@ -187,13 +228,18 @@ def parse_duration(text: str | float, flag: str = "duration") -> float:
     300.0
     """
     if isinstance(text, (int, float)):
-        return float(text)
-    match = _DURATION.match(text)
-    if not match:
-        raise _usage_error(
-            f"{flag}: cannot read {text!r} as a duration", hint='use e.g. "30s", "5m"'
-        )
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
+        seconds = float(text)
+    else:
+        match = _DURATION.match(text)
+        if not match:
+            raise _usage_error(
+                f"{flag}: cannot read {text!r} as a duration", hint='use e.g. "30s", "5m"'
+            )
+        seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+    # Zero would mean "no time at all", yet 0 elsewhere means "no limit": refuse the ambiguity.
+    if not seconds > 0:
+        raise _usage_error(f"{flag} must be a positive duration, got {text!r}")
+    return seconds
 
 
 def parse_every(text: str) -> tuple[Literal["steps", "seconds"], float]:
@@ -240,20 +286,16 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise _usage_error(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
     try:
-        if path.suffix == ".json":
-            raw = json.loads(text)
-        else:
-            import tomllib  # Python 3.11+; on 3.10 fall back to the tomli backport
-
-            raw = tomllib.loads(text)
-    except ModuleNotFoundError:
-        import tomli as tomllib  # type: ignore[no-redef]
-
-        raw = tomllib.loads(text)
-    except ValueError as exc:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text) if path.suffix == ".json" else _toml_loads(text)
+    except ValueError as exc:  # JSON, TOML and UTF-8 decoding errors are all ValueErrors
         raise _usage_error(f"cannot parse config file {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise _usage_error(
+            f"config file {path} must hold an object of settings, not a {type(raw).__name__}",
+            hint='e.g. {"preset": "tiny", "lr": 0.001}',
+        )
     flat: dict[str, Any] = {}
     for key, value in raw.items():
         if key in ("model", "train") and isinstance(value, dict):
@@ -267,6 +309,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
                 f"unknown setting {key!r} in {path}", hint=_did_you_mean(key, sorted(allowed))
             )
     return flat
+
+
+def _toml_loads(text: str) -> dict[str, Any]:
+    try:
+        import tomllib  # Python 3.11+
+    except ModuleNotFoundError:  # Python 3.10: the backport, a dependency there
+        import tomli as tomllib  # type: ignore[no-redef]
+    return tomllib.loads(text)
 
 
 def split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

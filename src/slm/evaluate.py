@@ -16,7 +16,6 @@ context (slower, slightly lower loss).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from slm.errors import EXIT_USAGE, SLMError
+from slm.fileio import read_json
 from slm.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 
@@ -161,6 +161,12 @@ def evaluate_model(
     from slm import checkpoint
     from slm.runtime import choose_dtype, resolve_device, set_threads
 
+    if max_tokens < 0:  # tokens[:-5] would quietly drop the last five instead
+        raise SLMError(
+            f"--max-tokens must not be negative, got {max_tokens}",
+            hint="0 scores every token",
+            exit_code=EXIT_USAGE,
+        )
     set_threads()
     torch_device = resolve_device(device)
     model = checkpoint.load_model(model_dir, torch_device)
@@ -215,7 +221,16 @@ def _tokens_to_score(
             hint="give the text to score: slm eval RUN_DIR FILE...",
             exit_code=EXIT_USAGE,
         )
-    data = load_prepared(json.loads(run_file.read_text(encoding="utf-8"))["data"])
+    record = read_json(run_file, "run record")
+    if not isinstance(record, dict) or not isinstance(record.get("data"), str):
+        raise SLMError(f"run record is corrupt: {run_file} (no data folder named)")
+    data_dir = Path(record["data"])
+    if not data_dir.is_dir():
+        raise SLMError(
+            f"the run's data folder {data_dir} no longer exists",
+            hint="give the text to score: slm eval RUN_DIR TEXT_SOURCES...",
+        )
+    data = load_prepared(data_dir)
     if data.meta.get("tokenizer_sha256") not in (None, tokenizer.sha256()):
         raise SLMError(f"the data in {data.folder} was made with another tokenizer")
     return data.tokens(split)  # type: ignore[arg-type]

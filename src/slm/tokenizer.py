@@ -3,14 +3,17 @@
 Built on HF `tokenizers` and saved as a standard `tokenizer.json`. Byte-level means every
 string is first seen as UTF-8 bytes, so any text (emoji, CJK, NUL, CRLF) encodes without an
 unknown token and `decode(encode(s)) == s` exactly. There is no normalizer for the same
-reason. Two special tokens only: `<|endoftext|>` separates documents and ends generation,
-`<|pad|>` pads batches.
+reason. Lone surrogates (U+D800..U+DFFF) are the one exception: they have no UTF-8 form, so
+each is encoded as U+FFFD (surrogateescape makes them of undecodable bytes in stdin or argv).
+Two special tokens only: `<|endoftext|>` separates documents and ends generation, `<|pad|>`
+pads batches.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,6 +28,16 @@ PAD = "<|pad|>"
 SPECIAL_TOKENS = (EOT, PAD)
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # every byte, plus the specials
 MAX_VOCAB = 2**32 - 1
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(text: str) -> str:
+    """`text` with each surrogate code point replaced by U+FFFD (one for one).
+
+    >>> _without_surrogates("a\\udcffb") == "a\\ufffdb"
+    True
+    """
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def byte_to_unicode() -> dict[int, str]:
@@ -108,12 +121,19 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; special-token strings in it become their special ids."""
-        return self.hf.encode(text, add_special_tokens=False).ids
+        try:
+            return self.hf.encode(text, add_special_tokens=False).ids
+        except TypeError:  # HF refuses surrogates; looking only after it does keeps text fast
+            return self.hf.encode(_without_surrogates(text), add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Encode many texts at once; the Rust side spreads them over all cores."""
         fast = getattr(self.hf, "encode_batch_fast", None)  # skips offsets; tokenizers>=0.20
-        encodings = (fast or self.hf.encode_batch)(texts, add_special_tokens=False)
+        encode = fast or self.hf.encode_batch
+        try:
+            encodings = encode(texts, add_special_tokens=False)
+        except TypeError:
+            encodings = encode([_without_surrogates(t) for t in texts], add_special_tokens=False)
         return [e.ids for e in encodings]
 
     def decode(self, ids: Iterable[int]) -> str:

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import math
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -147,8 +149,13 @@ def plan_budget(cfg: TrainConfig, model: ModelConfig, train_tokens: int) -> Budg
 # --------------------------------------------------------------------------- settings
 
 
-def resolve_settings(request: TrainRequest, vocab_size: int) -> tuple[ModelConfig, TrainConfig]:
-    """defaults < preset < --config file < flags; the model's vocab comes from the tokenizer."""
+def resolve_settings(
+    request: TrainRequest, vocab_size: int | None
+) -> tuple[ModelConfig, TrainConfig]:
+    """defaults < preset < --config file < flags; the model's vocab comes from the tokenizer.
+
+    `vocab_size=None` keeps the preset's (before the data, and so the tokenizer, exists).
+    """
     file_settings = load_config_file(request.config_file) if request.config_file else {}
     name = request.preset or file_settings.pop("preset", None) or DEFAULT_PRESET
     file_settings.pop("preset", None)
@@ -157,7 +164,8 @@ def resolve_settings(request: TrainRequest, vocab_size: int) -> tuple[ModelConfi
     flag_model, flag_train = split_settings(request.overrides)
     model_settings.update(file_model)
     model_settings.update(flag_model)
-    model_settings["vocab_size"] = vocab_size
+    if vocab_size is not None:
+        model_settings["vocab_size"] = vocab_size
     train_settings = {**file_train, **flag_train}
     model_cfg = ModelConfig.from_dict(model_settings, source="settings")
     train_cfg = TrainConfig.from_dict(train_settings, source="settings")
@@ -167,8 +175,17 @@ def resolve_settings(request: TrainRequest, vocab_size: int) -> tuple[ModelConfi
 
 
 def new_run_dir(out: str | None, preset_name: str | None) -> Path:
+    """The folder for a new run: `--out`, or a new timestamped folder under runs/.
+
+    A folder left by a start that never reached its first checkpoint (a run record but no
+    train state) is cleared and reused, so retrying the same command works.
+    """
     if out:
         run_dir = Path(out)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise SLMError(f"--out {run_dir} is a file, not a folder", exit_code=EXIT_USAGE)
+        if _failed_start(run_dir):
+            shutil.rmtree(run_dir)
         if run_dir.exists() and any(run_dir.iterdir()):
             raise SLMError(
                 f"run folder {run_dir} already exists and is not empty",
@@ -182,15 +199,17 @@ def new_run_dir(out: str | None, preset_name: str | None) -> Path:
     return run_dir
 
 
-def resolve_data(
-    sources: list[str], run_dir: Path, vocab_size: int | None, log: Log
-) -> PreparedData:
+def _failed_start(run_dir: Path) -> bool:
+    return (run_dir / RUN_FILE).is_file() and not (run_dir / checkpoint.TRAIN_STATE_FILE).exists()
+
+
+def resolve_data(sources: list[str], run_dir: Path, vocab_size: int, log: Log) -> PreparedData:
     """A prepared folder is used as is; anything else is prepared into the run folder."""
     if len(sources) == 1 and is_prepared(sources[0]):
         return load_prepared(sources[0])
     what = ", ".join(sources) if sources else "the built-in Shakespeare corpus"
     log(f"preparing {what} into {run_dir / 'data'}")
-    summary = prepare(sources, run_dir / "data", vocab_size=vocab_size or 4096, log=log)
+    summary = prepare(sources, run_dir / "data", vocab_size=vocab_size, log=log)
     log(summary.format())
     return load_prepared(run_dir / "data")
 
@@ -208,10 +227,12 @@ def train(request: TrainRequest, log: Log = lambda _msg: None) -> TrainResult:
 
 
 def _new_run(request: TrainRequest, log: Log) -> Run:
-    # 1. Settings that need no data are checked before any slow work.
-    resolve_settings(replace(request, overrides=request.overrides), vocab_size=4096)
+    # 1. Check settings and the device before any slow work or any file is written. Data
+    #    prepared here gets the preset's vocabulary unless --vocab-size says otherwise.
+    draft_model, draft_train = resolve_settings(request, vocab_size=None)
+    resolve_device(draft_train.device)
     run_dir = new_run_dir(request.out, request.preset)
-    data = resolve_data(request.data, run_dir, request.vocab_size, log)
+    data = resolve_data(request.data, run_dir, request.vocab_size or draft_model.vocab_size, log)
     model_cfg, train_cfg = resolve_settings(request, vocab_size=data.vocab_size)
     # 2. The run folder is a model folder: tokenizer and data statistics travel with it.
     if data.tokenizer_path.resolve() != (run_dir / checkpoint.TOKENIZER_FILE).resolve():
@@ -219,7 +240,7 @@ def _new_run(request: TrainRequest, log: Log) -> Run:
         shutil.copyfile(data.folder / checkpoint.META_FILE, run_dir / checkpoint.META_FILE)
     checkpoint.save_config(run_dir, model_cfg)
     write_json(run_dir / checkpoint.TRAIN_CONFIG_FILE, train_cfg.to_dict())
-    write_json(run_dir / RUN_FILE, {"format_version": 1, "data": str(data.folder.resolve())})
+    write_json(run_dir / RUN_FILE, _run_record(data))
     torch.manual_seed(train_cfg.seed)
     model = GPT(model_cfg)
     return Run(run_dir, data, model, train_cfg, log, state=None)
@@ -252,8 +273,29 @@ def _resume_run(request: TrainRequest, log: Log) -> Run:
     train_cfg = TrainConfig.from_dict({**saved, "stop_after": 0, **changed})
     run_info = read_json(run_dir / RUN_FILE, "run record")
     data = load_prepared(run_info["data"])
+    _check_same_data(run_info, data)
     log(f"resuming {run_dir} at step {state['step']}")
     return Run(run_dir, data, model, train_cfg, log, state=state)
+
+
+def _run_record(data: PreparedData) -> dict[str, Any]:
+    """Which data the run trains on, precisely enough to notice if it changes under a resume."""
+    return {
+        "format_version": 1,
+        "data": str(data.folder.resolve()),
+        "tokenizer_sha256": data.meta.get("tokenizer_sha256"),
+        "train_tokens": data.meta["splits"]["train"]["tokens"],
+    }
+
+
+def _check_same_data(run_info: dict[str, Any], data: PreparedData) -> None:
+    now = _run_record(data)
+    for key in ("tokenizer_sha256", "train_tokens"):
+        if key in run_info and run_info[key] != now[key]:
+            raise SLMError(
+                f"cannot resume: the data in {data.folder} changed since the run started ({key})",
+                hint="resume needs the data the run began with; start a new run instead",
+            )
 
 
 def _flags(names: list[str]) -> list[str]:
@@ -283,7 +325,12 @@ class Run:
         self.run_dir, self.data, self.cfg, self.log = run_dir, data, cfg, log
         set_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
-        self.dtype = choose_dtype(cfg.dtype, self.device)
+        # A resumed run keeps the precision it chose at the start ("auto" is a timing probe,
+        # which a busy machine could answer differently).
+        resumed_dtype = state.get("dtype") if state and cfg.dtype == "auto" else None
+        self.dtype = (
+            getattr(torch, resumed_dtype) if resumed_dtype else choose_dtype(cfg.dtype, self.device)
+        )
         self.model = model.to(self.device).train()
         self.model_cfg = model.config
         self.train_tokens = data.tokens("train")
@@ -319,68 +366,78 @@ class Run:
     # ------------------------------------------------------------------ loop
 
     def loop(self) -> TrainResult:
+        """Train to the end of the budget, or until Ctrl-C / --stop-after; then sample."""
         self._announce()
-        save_kind, save_every = (
-            parse_every(self.cfg.save_every) if self.cfg.save_every else ("eval", 0)
-        )
-        last_save_s = self.elapsed_s
         bar = _progress_bar(self.budget, self.step, self.elapsed_s)
-        interrupted = stopped_early = False
-        start = time.perf_counter() - self.elapsed_s
         try:
-            while not self.budget.done(self.step, self.elapsed_s):
-                t0 = time.perf_counter()
-                lr = lr_at(
-                    self.step,
-                    self.budget.progress(self.step, self.elapsed_s),
-                    self.cfg,
-                    self.budget.warmup_steps,
-                )
-                loss = self.train_step(lr)
-                self.step += 1
-                self.tokens += self.budget.tokens_per_step
-                self.elapsed_s = time.perf_counter() - start
-                tokens_per_s = self.budget.tokens_per_step / max(time.perf_counter() - t0, 1e-9)
-                record = {
-                    "step": self.step,
-                    "tokens": self.tokens,
-                    "train_loss": loss,
-                    "lr": lr,
-                    "tokens_per_s": round(tokens_per_s, 1),
-                    "elapsed_s": round(self.elapsed_s, 3),
-                }
-                final = self.budget.done(self.step, self.elapsed_s)
-                if self.step % self.cfg.eval_every == 0 or final:
-                    record.update(self.evaluate(bar))
-                self.metrics.append(record)
-                _advance_bar(bar, self.budget, self.step, self.elapsed_s, loss, lr, tokens_per_s)
-                due = (
-                    (save_kind == "eval" and "val_loss" in record)
-                    or (save_kind == "steps" and self.step % int(save_every) == 0)
-                    or (save_kind == "seconds" and self.elapsed_s - last_save_s >= save_every)
-                )
-                if due or final:
+            with StopRequest(self.log) as stop:
+                ended = self._steps(bar, stop)
+                if ended != "done":
                     self.save()
-                    last_save_s = self.elapsed_s
-                if self.cfg.stop_after and self.step >= self.cfg.stop_after and not final:
-                    stopped_early = True
-                    break
+                    self.log(
+                        f"stopped at step {self.step}; checkpoint saved. "
+                        f"Continue with: slm train --resume {self.run_dir}"
+                    )
         except KeyboardInterrupt:
-            interrupted = True
+            # A second Ctrl-C: the step in flight is half done, so it is not saved.
+            self.log(f"stopped at once; the last checkpoint in {self.run_dir} is kept")
+            raise
         finally:
             if bar is not None:
                 bar.close()
-        if interrupted or stopped_early:
-            self.save()
-            self.log(
-                f"stopped at step {self.step}; checkpoint saved. "
-                f"Continue with: slm train --resume {self.run_dir}"
-            )
         plot_losses(self.metrics.records, self.run_dir / PLOT_FILE)
+        interrupted = ended == "interrupted"
         wants_sample = self.cfg.sample_tokens > 0 and not interrupted
         sample = self.sample_text(self.cfg.sample_tokens * 4) if wants_sample else ""
         self.log(f"run folder: {self.run_dir}  (weights, tokenizer, metrics.jsonl, {PLOT_FILE})")
         return TrainResult(self.run_dir, self.step, self.tokens, self.last_val, sample, interrupted)
+
+    def _steps(self, bar: Any, stop: StopRequest) -> Literal["done", "interrupted", "stopped"]:
+        """The step loop: train, log, evaluate and save on schedule."""
+        save_kind, save_every = (
+            parse_every(self.cfg.save_every) if self.cfg.save_every else ("eval", 0)
+        )
+        last_save_s = self.elapsed_s
+        start = time.perf_counter() - self.elapsed_s
+        while not self.budget.done(self.step, self.elapsed_s):
+            t0 = time.perf_counter()
+            progress = self.budget.progress(self.step, self.elapsed_s)
+            lr = lr_at(self.step, progress, self.cfg, self.budget.warmup_steps)
+            loss = self.train_step(lr)
+            self.step += 1
+            self.tokens += self.budget.tokens_per_step
+            self.elapsed_s = time.perf_counter() - start
+            tokens_per_s = self.budget.tokens_per_step / max(time.perf_counter() - t0, 1e-9)
+            record = {
+                "step": self.step,
+                "tokens": self.tokens,
+                "train_loss": loss,
+                "lr": lr,
+                "tokens_per_s": round(tokens_per_s, 1),
+                "elapsed_s": round(self.elapsed_s, 3),
+            }
+            final = self.budget.done(self.step, self.elapsed_s)
+            if self.step % self.cfg.eval_every == 0 or final:
+                record.update(self.evaluate(bar))
+            self.metrics.append(record)
+            if "val_loss" in record:
+                plot_losses(self.metrics.records, self.run_dir / PLOT_FILE)
+            _advance_bar(bar, self.budget, self.step, self.elapsed_s, loss, lr, tokens_per_s)
+            due = (
+                (save_kind == "eval" and "val_loss" in record)
+                or (save_kind == "steps" and self.step % int(save_every) == 0)
+                or (save_kind == "seconds" and self.elapsed_s - last_save_s >= save_every)
+            )
+            if due or final:
+                self.save()
+                last_save_s = self.elapsed_s
+            if final:
+                break
+            if stop.requested:
+                return "interrupted"
+            if self.cfg.stop_after and self.step >= self.cfg.stop_after:
+                return "stopped"
+        return "done"
 
     def train_step(self, lr: float) -> float:
         """One optimizer step over `accum_steps` micro-batches; returns the mean loss."""
@@ -445,10 +502,8 @@ class Run:
         )
 
     def save(self) -> None:
-        """Weights first, then the train state; both atomic, both tagged with the step."""
-        model = self.model
-        checkpoint.save_weights(self.run_dir, model, metadata={"step": str(self.step)})
-        checkpoint.save_train_state(self.run_dir, self._state())
+        """Weights and train state, written side by side and renamed into place together."""
+        checkpoint.save_checkpoint(self.run_dir, self.model, self._state(), self.step)
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -459,6 +514,7 @@ class Run:
             "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "dtype": str(self.dtype).replace("torch.", ""),
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -487,6 +543,38 @@ class Run:
             f"device: {self.device.type}, {str(self.dtype).replace('torch.', '')}, "
             f"{torch.get_num_threads()} threads; budget: {' or '.join(budget)}"
         )
+
+
+class StopRequest:
+    """Ctrl-C asks training to stop at the end of the current step, so that the checkpoint
+    holds a whole step (exact resume); a second Ctrl-C stops at once.
+
+    Installed only in the main thread and only where SIGINT is not ignored (a background
+    job started by a shell ignores it on purpose).
+    """
+
+    def __init__(self, log: Log):
+        self.log = log
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            current = signal.getsignal(signal.SIGINT)
+            if current not in (signal.SIG_IGN, None):
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, _signum: int, _frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.log("\nstopping after this step to save a checkpoint (Ctrl-C again to quit now)")
+
+    def __exit__(self, *_: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def make_optimizer(
