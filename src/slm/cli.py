@@ -198,11 +198,16 @@ def _add_train(sub: Any) -> None:
         help="tokenizer vocabulary when DATA is prepared here (default: 4096)",
     )
     model_group = p.add_argument_group("model (default: the preset's)")
+    seed = ModelConfig(**PRESETS[DEFAULT_PRESET])
     for f in dataclasses.fields(ModelConfig):
         if f.name == "vocab_size":
             continue  # comes from the tokenizer
         model_group.add_argument(
-            f"--{f.name.replace('_', '-')}", type=_field_type(f), dest=f.name, default=None
+            f"--{f.name.replace('_', '-')}",
+            type=_field_type(f),
+            dest=f.name,
+            default=None,
+            help=f"(default: {getattr(seed, f.name)} in {DEFAULT_PRESET})",
         )
     train_group = p.add_argument_group("training")
     defaults = TrainConfig()
