@@ -21,6 +21,12 @@ def tokenizer() -> Tokenizer:
     return Tokenizer.train(["a small corpus for a small test tokenizer. " * 20], vocab_size=300)
 
 
+def edit_config(folder, **changes) -> None:
+    """Rewrite fields of a saved config.json, as a damaged or hand-edited folder would have."""
+    path = folder / checkpoint.CONFIG_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
 @pytest.fixture
 def model_dir(tmp_path, tokenizer):
     torch.manual_seed(0)
@@ -83,31 +89,24 @@ def test_corrupt_weights_and_config_are_clear_errors(model_dir):
 
 def test_config_from_a_newer_format_is_refused(model_dir):
     folder, _ = model_dir
-    path = folder / checkpoint.CONFIG_FILE
-    data = json.loads(path.read_text())
-    data["format_version"] = 99
-    path.write_text(json.dumps(data))
+    edit_config(folder, format_version=99)
     with pytest.raises(SLMError, match="format version 99"):
         checkpoint.load_model(folder)
 
 
 def test_weights_that_do_not_match_the_config(model_dir):
     folder, _ = model_dir
-    path = folder / checkpoint.CONFIG_FILE
-    data = json.loads(path.read_text())
-    data["n_layers"] += 1
-    path.write_text(json.dumps(data))
+    data = json.loads((folder / checkpoint.CONFIG_FILE).read_text())
+    edit_config(folder, n_layers=data["n_layers"] + 1)
     with pytest.raises(SLMError, match="do not match"):
         checkpoint.load_model(folder)
 
 
 def test_weights_of_another_shape_name_the_first_mismatching_tensor(model_dir):
     folder, _ = model_dir
-    path = folder / checkpoint.CONFIG_FILE
-    data = json.loads(path.read_text())
+    data = json.loads((folder / checkpoint.CONFIG_FILE).read_text())
     vocab_size, d_model = data["vocab_size"], data["d_model"]
-    data["vocab_size"] += 1
-    path.write_text(json.dumps(data))
+    edit_config(folder, vocab_size=vocab_size + 1)
     with pytest.raises(SLMError, match="do not match") as err:
         checkpoint.load_model(folder)
     assert err.value.hint == (
