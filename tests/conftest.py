@@ -74,3 +74,26 @@ def build_model_dir(folder: Path, text: str, context_len: int = 32, seed: int = 
 def make_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """`make_model_dir(text, context_len=32)` -> a fresh tiny model folder."""
     return lambda text, **kw: build_model_dir(tmp_path_factory.mktemp("model"), text, **kw)
+
+
+# --------------------------------------------------------------------------- prepared data
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of 20 generated text files, `doc00.txt`..., each starting "Document {i}."."""
+    folder = tmp_path_factory.mktemp("corpus")
+    for i in range(20):
+        text = f"Document {i}.\n" + corpus_text(300, seed=i)
+        (folder / f"doc{i:02}.txt").write_text(text, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def prepared(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`corpus_dir` prepared (vocabulary 300, val 0.2, seed 3); read-only: copy to change it."""
+    from slm.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    prepare([str(corpus_dir)], out, vocab_size=300, val_fraction=0.2, seed=3)
+    return out

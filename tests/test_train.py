@@ -17,8 +17,8 @@ import torch
 from slm import checkpoint
 from slm.cli import main
 from slm.config import ModelConfig, TrainConfig, preset
-from slm.data import prepare
 from slm.errors import SLMError
+from slm.prepare import prepare
 from slm.train import TrainRequest, lr_at, plan_budget, train
 
 FAST = {"device": "cpu", "dtype": "float32", "sample_tokens": 0, "threads": 1}

@@ -128,7 +128,7 @@ def _add_prepare(sub: Any) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from slm.data import prepare
+    from slm.prepare import prepare
 
     summary = prepare(
         args.sources,
@@ -421,7 +421,7 @@ def _read_prompt(args: argparse.Namespace) -> str:
     if args.prompt == "-":
         # Read bytes, not locale-decoded text: bytes that are not UTF-8 become U+FFFD and are
         # counted, as in `slm prepare`. A replaced sys.stdin may have no buffer; read its text.
-        from slm.sources import replace_undecodable
+        from slm.textio import replace_undecodable
 
         stream = getattr(sys.stdin, "buffer", None)
         raw = stream.read().decode("utf-8", "surrogateescape") if stream else sys.stdin.read()

@@ -210,7 +210,8 @@ def _tokens_to_score(
     text_field: str,
     log: Callable[[str], None],
 ) -> np.ndarray:
-    from slm.data import encode_sources, load_prepared
+    from slm.data import load_prepared
+    from slm.prepare import encode_sources
 
     if sources:
         return encode_sources(sources, tokenizer, glob=glob, text_field=text_field, log=log)

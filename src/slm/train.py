@@ -39,12 +39,13 @@ from slm.config import (
     preset,
     split_settings,
 )
-from slm.data import BatchSampler, PreparedData, is_prepared, load_prepared, prepare
+from slm.data import BatchSampler, PreparedData, is_prepared, load_prepared
 from slm.errors import EXIT_USAGE, SLMError
 from slm.evaluate import EvalResult, evaluate_windows, sample_windows, token_byte_lengths
 from slm.fileio import read_json, write_json
 from slm.metrics import PLOT_FILE, MetricsLog, plot_losses
 from slm.model import GPT, count_parameters
+from slm.prepare import prepare
 from slm.runtime import choose_dtype, resolve_device, set_threads
 from slm.tokenizer import Tokenizer
 
