@@ -11,10 +11,10 @@ PACKAGE = Path(slm.__file__).parent
 
 # Lower layers never import higher ones (checked on every import, inside functions too).
 LAYERS = [
-    {"errors"},
-    {"fileio", "config", "runtime", "sampling", "corpus"},
-    {"tokenizer", "model", "sources", "metrics", "measure"},
-    {"data", "checkpoint", "generate"},
+    {"errors", "unicode_classes"},
+    {"fileio", "config", "runtime", "sampling", "corpus", "textio", "pieces", "encode_pool"},
+    {"tokenizer", "model", "sources", "metrics", "measure", "data"},
+    {"prepare", "checkpoint", "generate"},
     {"evaluate"},
     {"train", "api"},
     {"chat", "bench_generate"},
