@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from slm.checkpoint import TOKENIZER_FILE, save_model
 from slm.config import PRESETS, ModelConfig
+from slm.decode import DecodeStep
 from slm.generate import generate
 from slm.measure import summarize
 from slm.model import GPT, KVCache
@@ -148,18 +149,30 @@ def _median_us(fn: Any, n: int, rounds: int = 5) -> float:
     return statistics.median(times)
 
 
+def _top_level_ops(fn: Any) -> int:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.cpu_parent is None)
+
+
 @torch.inference_mode()
 def anatomy(model: GPT, threads: int, steps: int) -> dict[str, float]:
-    """Batch-1 decode step in parts: the model, its matrix products alone, sampling, ops."""
+    """Batch-1 decode step in parts: the lean step generation uses, the same step through
+    `GPT.forward` (the baseline it replaced), the matrix products alone, and sampling."""
     torch.set_num_threads(threads)
     config = model.config
     cache = KVCache(config, 1)
     model(torch.randint(0, config.vocab_size, (1, 64)), cache, last_only=True)
-    token = torch.zeros(1, 1, dtype=torch.long)
+    token = torch.zeros(1, dtype=torch.long)
+    lean = DecodeStep(model, cache)
 
     def step() -> None:
         cache.pos = 64  # decode at a fixed position: every call does the same work
-        model(token, cache, last_only=True)
+        lean(token)
+
+    def forward_step() -> None:
+        cache.pos = 64
+        model(token[:, None], cache, last_only=True)
 
     # The arithmetic: every weight matrix applied to one vector, nothing else.
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
@@ -172,15 +185,19 @@ def anatomy(model: GPT, threads: int, steps: int) -> dict[str, float]:
 
     logits = torch.randn(1, config.vocab_size)
     settings, generator = SampleConfig(), make_generator(0)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        step()
-    top_level_ops = sum(1 for e in prof.events() if e.cpu_parent is None)
+    # Interleaved rounds, so both steps see the same neighbours' load.
+    lean_us, forward_us = [], []
+    for _ in range(5):
+        lean_us.append(_median_us(step, steps // 5, rounds=1))
+        forward_us.append(_median_us(forward_step, steps // 5, rounds=1))
     return {
         "threads": threads,
-        "model_step_us": _median_us(step, steps),
+        "model_step_us": statistics.median(lean_us),
+        "forward_step_us": statistics.median(forward_us),
         "matmul_floor_us": _median_us(matmuls, steps),
         "sampling_us": _median_us(lambda: sample_next_token(logits, settings, generator), steps),
-        "torch_ops_per_step": top_level_ops,
+        "torch_ops_per_step": _top_level_ops(step),
+        "forward_ops_per_step": _top_level_ops(forward_step),
     }
 
 
@@ -267,6 +284,16 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, str]]:
                 "spread": "—",
             }
         )
+        if "forward_step_us" in a:
+            rows.append(
+                {
+                    "what": f"decode step B1, {a['threads']} thread(s), through GPT.forward "
+                    "(baseline)",
+                    "figure": f"{a['forward_step_us']:.0f} us, {a['forward_ops_per_step']} "
+                    f"torch ops ({a['forward_step_us'] / a['model_step_us']:.2f}x the lean step)",
+                    "spread": "—",
+                }
+            )
     for f in result["first_token"]:
         stat = f["time_to_first_token_ms"]
         rows.append(

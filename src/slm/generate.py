@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 
+from slm.decode import DecodeStep
 from slm.model import GPT, KVCache
 from slm.sampling import SampleConfig, make_generator, sample_config, sample_next_token
 from slm.tokenizer import Tokenizer
@@ -267,6 +268,7 @@ class _Decoder:
             if use_cache
             else None
         )
+        self.decode = DecodeStep(model, self.cache) if self.cache is not None else None
         self.generator = make_generator(settings.seed, device)
 
     @torch.inference_mode()
@@ -274,10 +276,10 @@ class _Decoder:
         """Run the prompt in one forward pass; return each sample's first token."""
         prompt = self.ids[:1, : self.length]  # all samples share the prompt: compute it once
         if self.cache is None:
-            return self._choose(self.model(prompt, last_only=True))
+            return self._choose(self.model(prompt, last_only=True)[:, -1])
         k = self.cache.k
         one = KVCache(self.model.config, 1, self.length, device=k.device, dtype=k.dtype)
-        logits = self.model(prompt, one, last_only=True)
+        logits = self.model(prompt, one, last_only=True)[:, -1]
         # (n_layers, 1, KV, T, hd) broadcasts into every sample's rows of the batch cache.
         self.cache.k[:, :, :, : self.length] = one.k
         self.cache.v[:, :, :, : self.length] = one.v
@@ -288,21 +290,22 @@ class _Decoder:
     def step(self) -> list[int]:
         """Feed the newest tokens; return each sample's next token."""
         start = window_start(self.start, self.length, self.context_len)
-        if self.cache is None:
-            logits = self.model(self.ids[:, start : self.length], last_only=True)
+        if self.cache is None or self.decode is None:
+            logits = self.model(self.ids[:, start : self.length], last_only=True)[:, -1]
         elif start != self.start:
             # The cache is full: re-prefill the kept tail into it from position 0 (RoPE
             # positions are absolute, so the old keys cannot just be shifted).
             self.cache.reset()
-            logits = self.model(self.ids[:, start : self.length], self.cache, last_only=True)
+            window = self.ids[:, start : self.length]
+            logits = self.model(window, self.cache, last_only=True)[:, -1]
         else:
-            newest = self.ids[:, self.length - 1 : self.length]
-            logits = self.model(newest, self.cache, last_only=True)
+            logits = self.decode(self.ids[:, self.length - 1])  # the lean path: decode.py
         self.start = start
         return self._choose(logits)
 
     def _choose(self, logits: torch.Tensor) -> list[int]:
-        logits = logits[:, -1, : self.vocab_size]  # (B or 1, V)
+        """Sample from the (B or 1, model vocab) logits of the newest position."""
+        logits = logits[:, : self.vocab_size]
         logits.index_fill_(-1, self.banned, -math.inf)
         logits = logits.expand(self.batch, -1)
         context = None
