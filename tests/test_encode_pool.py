@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 
 import pytest
 from hypothesis import given
@@ -51,3 +53,37 @@ def test_dropping_the_tokenizer_ends_its_workers(make_corpus_text) -> None:
     workers = list(tokenizer._pool._executor._processes.values())
     del tokenizer
     assert all(not w.is_alive() for w in workers)
+
+
+def _encode_big_batch_here(vocab_text: str, texts: list[str]) -> tuple[list[list[int]], bool]:
+    tokenizer = Tokenizer.train([vocab_text], vocab_size=300)
+    ids = tokenizer.encode_batch(texts)
+    started = tokenizer._pool is not None and tokenizer._pool._executor is not None
+    return ids, started
+
+
+@pytest.mark.skipif(not can_fork(), reason="the pool forks: Linux with 2+ cores only")
+def test_a_daemon_process_encodes_in_process(make_corpus_text) -> None:
+    """multiprocessing.Pool workers are daemons and may not start processes of their own."""
+    vocab_text = make_corpus_text(2000)
+    texts = [make_corpus_text(3000, seed=i) for i in range(20)]
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        ids, started = pool.apply(_encode_big_batch_here, (vocab_text, texts))
+    assert not started
+    assert ids == Tokenizer.train([vocab_text], vocab_size=300)._pieces.encode_batch(texts)
+
+
+@pytest.mark.skipif(not can_fork(), reason="the pool forks: Linux with 2+ cores only")
+def test_a_dead_worker_means_encoding_here(make_corpus_text) -> None:
+    tokenizer = Tokenizer.train([make_corpus_text(2000)], vocab_size=300)
+    texts = [make_corpus_text(3000, seed=i) for i in range(20)]
+    expected = tokenizer._pieces.encode_batch(texts)
+    pool = EncodePool(tokenizer._pieces.encode_batch, workers=2)
+    pool._start()
+    workers = list(pool._executor._processes.values())
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGKILL)
+    for worker in workers:
+        worker.join(timeout=10)  # dead before the batch, then also seen dead at submit
+    assert pool.encode_batch(texts) == expected
+    assert pool._executor is None and pool._failed

@@ -19,6 +19,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +69,13 @@ def machine_slug(info: dict[str, Any]) -> str:
 
 
 def run_isolated(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    """Run `fn(*args)` in a fresh spawned process and return its result."""
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return pool.apply(fn, args)
+    """Run `fn(*args)` in a fresh spawned process and return its result.
+
+    A process pool executor, not `multiprocessing.Pool`: the latter's workers are daemons,
+    which may not start processes, and encoding starts workers as `slm prepare` does.
+    """
+    with ProcessPoolExecutor(1, mp.get_context("spawn")) as executor:
+        return executor.submit(fn, *args).result()
 
 
 # --------------------------------------------------------------------------- ceilings
@@ -301,10 +305,28 @@ def markdown_table(results: dict[str, Any]) -> str:
     quality = results.get("quality")
     if quality:
         lines.append(
-            f"| quality: seed-2.5m, {quality['budget']} CPU, val bpb (whole held-out plays) "
+            f"| quality: seed-2.5m, {quality['budget']} CPU, val bpb (whole held-out plays)"
+            + (f", measured {quality['measured']}" if "measured" in quality else "")
+            + " "
             f"| {quality['bpb']:.3f} bits/byte | — |"
         )
     return "\n".join(lines) + "\n"
+
+
+def carried_quality(results: dict[str, Any], folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The quality figure of this machine's previous results file, if it has one.
+
+    It is marked with the time of the run that measured it, which the table shows.
+    """
+    path = Path(folder) / f"{machine_slug(results['machine'])}.json"
+    try:
+        earlier = load_results(path)
+    except (OSError, ValueError):
+        return None
+    figure = earlier.get("quality")
+    if not figure:
+        return None
+    return {**figure, "measured": figure.get("measured", earlier.get("time", "an earlier run"))}
 
 
 def write_results(results: dict[str, Any], folder: str | os.PathLike) -> tuple[Path, Path]:

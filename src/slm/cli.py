@@ -610,12 +610,15 @@ def _add_bench(sub: Any) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from slm.bench import quality, run_suite, write_results
+    from slm.bench import carried_quality, quality, run_suite, write_results
 
     results = run_suite(_log, quick=args.quick, compile_cpu=not args.no_compile)
     if args.quality:
         results["quality"] = quality(args.quality, log=_log)
         _log(f"quality: {results['quality']['bpb']:.3f} bits/byte on the held-out plays")
+    elif earlier := carried_quality(results, args.out):
+        results["quality"] = earlier  # 10 minutes to redo; kept, with the date it was measured
+        _log(f"quality: kept from the run of {earlier['measured']} (--quality measures it anew)")
     json_path, md_path = write_results(results, args.out)
     print(md_path.read_text(encoding="utf-8"), end="")
     _log(f"written: {json_path}, {md_path}")

@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 
 EncodeBatch = Callable[[list[str]], list[list[int]]]
 
@@ -34,7 +34,13 @@ def usable_cores() -> int:
 
 
 def can_fork() -> bool:
-    return sys.platform.startswith("linux") and usable_cores() > 1
+    """Linux, 2+ cores, and not inside a daemon process (a multiprocessing.Pool worker, say),
+    which may not start processes of its own."""
+    return (
+        sys.platform.startswith("linux")
+        and usable_cores() > 1
+        and not multiprocessing.current_process().daemon
+    )
 
 
 def balanced_groups(sizes: list[int], n_groups: int) -> list[range]:
@@ -94,24 +100,39 @@ class EncodePool:
         self.encode = encode
         self.workers = workers
         self._executor: ProcessPoolExecutor | None = None
+        self._failed = False
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         sizes = [len(t) for t in texts]
         if len(texts) < 2 or sum(sizes) < MIN_PARALLEL_CHARS:
             return self.encode(texts)
-        groups = balanced_groups(sizes, self.workers)
         executor = self._start()
-        futures = [executor.submit(_encode_in_worker, [texts[i] for i in g]) for g in groups]
-        return [ids for future in futures for ids in future.result()]
+        if executor is None:
+            return self.encode(texts)
+        groups = balanced_groups(sizes, self.workers)
+        try:
+            futures = [executor.submit(_encode_in_worker, [texts[i] for i in g]) for g in groups]
+            return [ids for future in futures for ids in future.result()]
+        except BrokenExecutor:  # a worker died (killed for memory, say): carry on here
+            self.close()
+            self._failed = True
+            return self.encode(texts)
 
-    def _start(self) -> ProcessPoolExecutor:
-        if self._executor is None:
+    def _start(self) -> ProcessPoolExecutor | None:
+        """The workers, started on first use; None (encode here) if they cannot start."""
+        if self._executor is None and not self._failed:
             context = multiprocessing.get_context("fork")
-            self._executor = ProcessPoolExecutor(
+            executor = ProcessPoolExecutor(
                 self.workers, context, initializer=_init_worker, initargs=(self.encode,)
             )
-            with _tokenizers_fork_quiet():  # a fork executor forks all workers on first use
-                self._executor.submit(len, "").result()
+            try:
+                with _tokenizers_fork_quiet():  # a fork executor forks all workers on first use
+                    executor.submit(len, "").result()
+            except (OSError, RuntimeError, AssertionError):  # no processes left, a sandbox...
+                executor.shutdown(wait=False, cancel_futures=True)
+                self._failed = True
+                return None
+            self._executor = executor
         return self._executor
 
     def close(self) -> None:
