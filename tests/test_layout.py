@@ -11,11 +11,11 @@ PACKAGE = Path(slm.__file__).parent
 
 # Lower layers never import higher ones (checked on every import, inside functions too).
 LAYERS = [
-    {"errors", "unicode_classes"},
+    {"errors", "unicode_classes", "splits", "prepare_summary"},
     {"fileio", "config", "runtime", "sampling", "corpus", "textio", "pieces", "encode_pool"},
-    {"tokenizer", "model", "sources", "metrics", "measure", "data"},
-    {"prepare", "checkpoint", "decode"},
-    {"evaluate", "generate"},
+    {"tokenizer", "model", "sources", "metrics", "measure", "data", "cli_args"},
+    {"prepare", "checkpoint", "decode", "schedule"},
+    {"evaluate", "generate", "optim", "runs"},
     {"train", "api"},
     {"chat", "bench_generate"},
     {"bench"},

@@ -1,4 +1,7 @@
-"""slm.prepare: prepared folders (layout, split, atomicity), bad input, and flat memory."""
+"""slm.prepare: prepared folders (layout, split, atomicity), bad input, and flat memory.
+
+The split decisions alone (which document, where to cut) are tested in test_splits.py.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +12,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from slm.data import FORMAT_VERSION, is_prepared, load_prepared
 from slm.errors import EXIT_USAGE, SLMError
-from slm.prepare import nearest_line_break, prepare, token_dtype, val_choices
+from slm.prepare import prepare, token_dtype
 from slm.tokenizer import EOT, Tokenizer
 
 
@@ -101,19 +103,6 @@ def test_tiny_val_fraction_still_gives_one_document(
     assert summary.splits["train"].documents == len(documents) - 1
 
 
-@pytest.mark.parametrize(("documents", "val"), [(2, 1), (10, 3), (1000, 50)])
-def test_val_choices_pick_exactly_the_asked_number(documents: int, val: int) -> None:
-    for seed in range(20):
-        assert sum(val_choices(documents, val, seed)) == val
-
-
-def test_val_choices_give_every_document_the_same_chance() -> None:
-    counts = np.zeros(10)
-    for seed in range(3000):
-        counts += np.fromiter(val_choices(10, 2, seed), bool)
-    assert np.allclose(counts / 3000, 0.2, atol=0.03)
-
-
 def test_warns_when_whole_documents_put_most_text_in_val(tmp_path: Path, make_corpus_text) -> None:
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "big.txt").write_text(make_corpus_text(3000), encoding="utf-8")
@@ -161,19 +150,6 @@ def test_single_document_without_line_breaks_is_cut_where_it_stands(tmp_path: Pa
     )
     assert train + val == text
     assert len(val) == 2500
-
-
-@pytest.mark.parametrize(
-    ("text", "at", "cut"),
-    [
-        ("one\ntwo\nthree", 5, 4),
-        ("one\ntwo\nthree", 7, 8),
-        ("no breaks here", 5, 5),
-        ("ends with a break\n", 10, 10),  # cutting after the last "\n" would leave val empty
-    ],
-)
-def test_nearest_line_break(text: str, at: int, cut: int) -> None:
-    assert nearest_line_break(text, at) == cut
 
 
 def test_reused_tokenizer_gives_compatible_ids(

@@ -1,8 +1,7 @@
-"""Training: the schedule, the budget, learning, checkpoints, resume and interruption."""
+"""Training: learning, checkpoints, resume and interruption (the schedule: test_schedule)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import signal
@@ -16,10 +15,9 @@ import torch
 
 from slm import checkpoint
 from slm.cli import main
-from slm.config import ModelConfig, TrainConfig, preset
 from slm.errors import SLMError
 from slm.prepare import prepare
-from slm.train import TrainRequest, lr_at, plan_budget, train
+from slm.train import TrainRequest, train
 
 FAST = {"device": "cpu", "dtype": "float32", "sample_tokens": 0, "threads": 1}
 
@@ -59,34 +57,6 @@ def _run(prepared: Path, out: Path, **overrides) -> Path:
 def _losses(run_dir: Path, key: str = "train_loss") -> list[float]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line)[key] for line in lines if key in json.loads(line)]
-
-
-# --------------------------------------------------------------------------- pure parts
-
-
-def test_lr_warms_up_then_decays_to_the_floor():
-    cfg = TrainConfig(lr=1e-3, min_lr_ratio=0.1)
-    assert lr_at(0, 0.0, cfg, warmup_steps=10) == pytest.approx(1e-4)
-    assert lr_at(9, 0.0, cfg, warmup_steps=10) == pytest.approx(1e-3)
-    # A budget (e.g. of time) that ends before warmup_steps: warmup ends at a tenth of it.
-    assert lr_at(2, 0.05, cfg, warmup_steps=1000) == pytest.approx(0.5e-3, rel=0.02)
-    assert lr_at(3, 0.1, cfg, warmup_steps=1000) == pytest.approx(1e-3, rel=0.03)
-    assert lr_at(500, 0.5, cfg, warmup_steps=10) == pytest.approx(0.55e-3)
-    assert lr_at(1000, 1.0, cfg, warmup_steps=10) == pytest.approx(1e-4)
-    decay = [lr_at(s, s / 100, cfg, 10) for s in range(10, 101)]
-    assert all(a >= b for a, b in itertools.pairwise(decay))
-    assert lr_at(0, 0.0, cfg, warmup_steps=0) == pytest.approx(1e-3)
-
-
-def test_budget_from_tokens_epochs_and_accumulation():
-    model = ModelConfig(**preset("tiny"))  # context 64
-    budget = plan_budget(TrainConfig(batch_size=4, max_tokens=256 * 10), model, train_tokens=10_000)
-    assert (budget.total_steps, budget.tokens_per_step, budget.accum_steps) == (10, 256, 1)
-    budget = plan_budget(TrainConfig(batch_size=4, tokens_per_step=1000, epochs=2), model, 10_000)
-    assert budget.accum_steps == 4 and budget.tokens_per_step == 1024
-    assert budget.total_steps == math.ceil(20_000 / 1024)
-    both = plan_budget(TrainConfig(max_steps=5, max_time="1h"), model, 10_000)
-    assert both.done(5, 1.0) and both.done(1, 3600.0) and not both.done(4, 10.0)
 
 
 # --------------------------------------------------------------------------- training

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 def load(path: Any, device: str = "auto") -> LoadedModel:
-    """Load a run or exported model folder for generation and scoring (see `slm.api`)."""
+    """Load a run (model) folder for generation and scoring (see `slm.api`)."""
     from slm.api import load as _load
 
     return _load(path, device=device)

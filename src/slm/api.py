@@ -40,7 +40,8 @@ from slm.tokenizer import Tokenizer
 
 
 def load(path: str | os.PathLike, device: str = "auto", warn: Warn | None = None) -> LoadedModel:
-    """Load a run folder or an exported model folder (or a file inside one).
+    """Load a model folder (a run folder, or any folder with its config.json,
+    model.safetensors and tokenizer.json), or a file inside one.
 
     A missing or damaged folder raises one `SLMError` that names the file at fault.
     Warnings (a prompt cropped to the context) go to `warn`; by default to `warnings.warn`.

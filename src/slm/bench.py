@@ -28,6 +28,7 @@ from slm.fileio import write_json, write_text
 from slm.measure import peak_rss_mb, summarize
 
 Log = Callable[[str], None]
+TRAIN_PRESETS = ("seed-2.5m", "small")  # the default model, and the next size up
 
 
 # --------------------------------------------------------------------------- the machine
@@ -115,20 +116,24 @@ def train_throughput(
     compile_it: bool = False,
     steps: int = 12,
     warmup: int = 3,
+    context_len: int = 256,
 ) -> dict[str, Any]:
-    """Training tokens/s of a preset on random tokens, through the real training step."""
+    """Training tokens/s of a preset on random tokens, through the real training step.
+
+    Every preset is timed at the same `context_len`, so their figures compare.
+    """
     import numpy as np
     import torch
 
     from slm.config import ModelConfig, TrainConfig, preset
     from slm.data import BatchSampler
     from slm.model import GPT, count_parameters
+    from slm.optim import make_loss_fn, make_optimizer
     from slm.runtime import set_threads
-    from slm.train import make_loss_fn, make_optimizer
 
     set_threads()
     torch.manual_seed(0)
-    cfg = ModelConfig(**preset(preset_name))
+    cfg = ModelConfig(**{**preset(preset_name), "context_len": context_len})
     model = GPT(cfg).train()
     device = torch.device("cpu")
     dtype = getattr(torch, dtype_name)
@@ -225,16 +230,17 @@ def run_suite(log: Log, quick: bool = False, compile_cpu: bool = True) -> dict[s
     variants = [("float32", False), ("bfloat16", False)]
     if compile_cpu:
         variants += [("float32", True), ("bfloat16", True)]
-    for dtype_name, compile_it in variants:
-        r = run_isolated(train_throughput, "seed-2.5m", 16, dtype_name, compile_it, steps)
-        peak = results["peak"][dtype_name]["gflops"]["median"]
-        r["mfu"] = r["tokens_per_s"]["median"] * r["flops_per_token"] / (peak * 1e9)
-        results["train"].append(r)
-        log(
-            f"train seed-2.5m {dtype_name}{' compiled' if compile_it else ''}: "
-            f"{r['tokens_per_s']['median']:,.0f} tokens/s ({r['mfu']:.0%} of {dtype_name} peak), "
-            f"peak RSS {r['peak_rss_mb']:.0f} MB"
-        )
+    for preset_name in TRAIN_PRESETS:
+        for dtype_name, compile_it in variants:
+            r = run_isolated(train_throughput, preset_name, 16, dtype_name, compile_it, steps)
+            peak = results["peak"][dtype_name]["gflops"]["median"]
+            r["mfu"] = r["tokens_per_s"]["median"] * r["flops_per_token"] / (peak * 1e9)
+            results["train"].append(r)
+            log(
+                f"train {preset_name} {dtype_name}{' compiled' if compile_it else ''}: "
+                f"{r['tokens_per_s']['median']:,.0f} tokens/s ({r['mfu']:.0%} of {dtype_name} "
+                f"peak), peak RSS {r['peak_rss_mb']:.0f} MB"
+            )
     from slm.bench_generate import generate_suite
 
     results["generate"] = run_isolated(generate_suite, quick)
@@ -295,7 +301,8 @@ def markdown_table(results: dict[str, Any]) -> str:
         row("tokenization, HF encode alone (baseline)", p["hf_encode_mb_per_s"], "MB/s", ".2f")
     for r in results["train"]:
         compiled = ", compiled" if r["compile"] else ""
-        label = f"train seed-2.5m {r['dtype']}{compiled} (B{r['batch_size']}, T{r['context_len']})"
+        name = r.get("preset", "seed-2.5m")
+        label = f"train {name} {r['dtype']}{compiled} (B{r['batch_size']}, T{r['context_len']})"
         lines.append(
             f"| {label} | {r['tokens_per_s']['median']:,.0f} tokens/s = {r['mfu']:.0%} of peak, "
             f"peak RSS {r['peak_rss_mb']:.0f} MB | {r['tokens_per_s']['spread']:.0%} |"

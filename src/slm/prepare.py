@@ -2,14 +2,16 @@
 
 `prepare` makes two streaming passes so that memory stays flat whatever the corpus size: the
 first counts documents and trains the tokenizer (or reuses one), the second encodes in batches
-and appends the ids to the token files. Validation gets whole documents chosen by the seed;
-a single document gives its last fraction, cut at a line break. Everything is written into a
-hidden sibling folder that replaces `out` only when complete, and meta.json goes in last.
-`encode_sources` gives the same token layout in memory, for scoring text (`slm eval`).
+and appends the ids to the token files, routing each document to train or val. Everything
+is written into a hidden sibling folder that replaces `out` only when complete, and meta.json
+goes in last. `encode_sources` gives the same token layout in memory, for scoring text
+(`slm eval`).
 
 The folder's format and reading it back are `slm.data`'s (this module imports its constants;
-`slm.data` never imports this one). Finding the sources is `slm.sources`' job, decoding their
-bytes `slm.textio`'s, the BPE itself `slm.tokenizer`'s.
+`slm.data` never imports this one). Which documents go to val is decided in `slm.splits`; the
+per-split counts and the summary `prepare` returns are defined in `slm.prepare_summary`.
+Finding the sources is `slm.sources`' job, decoding their bytes `slm.textio`'s, the BPE itself
+`slm.tokenizer`'s.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -33,7 +34,9 @@ from slm import __version__
 from slm.data import FORMAT_VERSION, META_FILE, SPLITS, TOKENIZER_FILE, Split
 from slm.errors import EXIT_USAGE, SLMError
 from slm.fileio import write_json
+from slm.prepare_summary import PrepareSummary, SplitStats
 from slm.sources import Source, resolve_sources
+from slm.splits import SplitPlan, plan_split, split_single, val_choices
 from slm.textio import Log
 from slm.tokenizer import MAX_VOCAB, MIN_VOCAB, Tokenizer
 
@@ -46,67 +49,6 @@ BATCH_CHARS = 1 << 20
 
 def _no_log(message: str) -> None:
     pass
-
-
-# --------------------------------------------------------------------------- summary
-
-
-@dataclass
-class SplitStats:
-    tokens: int = 0
-    documents: int = 0
-    characters: int = 0
-    bytes: int = 0
-
-
-@dataclass
-class PrepareSummary:
-    """What `prepare` did, with the two phases timed apart."""
-
-    out: Path
-    sources: list[str]
-    vocab_size: int
-    dtype: str
-    tokenizer_trained: bool
-    splits: dict[str, SplitStats]
-    first_pass_s: float  # reading + counting + tokenizer training
-    encode_s: float  # reading + encoding + writing token files
-
-    @property
-    def text_bytes(self) -> int:
-        return sum(s.bytes for s in self.splits.values())
-
-    @property
-    def tokens(self) -> int:
-        return sum(s.tokens for s in self.splits.values())
-
-    def format(self) -> str:
-        train, val = self.splits["train"], self.splits["val"]
-        mb = self.text_bytes / 1e6
-        first = "tokenizer training" if self.tokenizer_trained else "counting pass"
-        origin = "trained" if self.tokenizer_trained else "reused"
-        return "\n".join(
-            [
-                f"prepared {self.out} from {', '.join(self.sources)}",
-                f"  train: {_documents_text(train.documents)}, {train.tokens:,} tokens, "
-                f"{train.bytes:,} bytes",
-                f"  val:   {_documents_text(val.documents)}, {val.tokens:,} tokens, "
-                f"{val.bytes:,} bytes",
-                f"  tokenizer ({origin}): vocabulary {self.vocab_size:,} ({self.dtype}), "
-                f"{self.text_bytes / max(1, self.tokens):.2f} bytes per token",
-                f"  speed: {first} {mb:.1f} MB in {self.first_pass_s:.1f} s "
-                f"({_rate(mb, self.first_pass_s)}), encoding {mb:.1f} MB in "
-                f"{self.encode_s:.1f} s ({_rate(mb, self.encode_s)})",
-            ]
-        )
-
-
-def _documents_text(n: int) -> str:
-    return f"{n:,} document" + ("" if n == 1 else "s")
-
-
-def _rate(mb: float, seconds: float) -> str:
-    return f"{mb / seconds:.1f} MB/s" if seconds > 0 else "- MB/s"
 
 
 # --------------------------------------------------------------------------- prepare
@@ -148,7 +90,7 @@ def prepare(
         if count.documents == 0:
             raise SLMError(f"no text in {', '.join(sources)}: every document is empty")
         # 2. Choose the validation documents, then encode both splits into token files.
-        plan = _plan_split(count, val_fraction, seed)
+        plan = plan_split(count.documents, count.first_document_chars, val_fraction, seed)
         dtype = token_dtype(tokenizer.vocab_size)
         start = time.perf_counter()
         bar = _bar("encoding", progress, total=count.bytes)
@@ -302,42 +244,6 @@ def utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
-@dataclass
-class _SplitPlan:
-    documents: int
-    val_documents: int
-    seed: int
-    single_split_at: int | None = None  # one document: the character where val begins
-
-
-def val_choices(documents: int, val_documents: int, seed: int) -> Iterator[bool]:
-    """For each document in turn, whether it goes to val.
-
-    Exactly `val_documents` of `documents`, every subset equally likely, decided in one pass
-    with O(1) memory (selection sampling, Knuth's Algorithm S): a set of chosen indices would
-    grow with a corpus of millions of small records.
-
-    >>> [int(c) for c in val_choices(6, 2, seed=0)]
-    [0, 0, 1, 1, 0, 0]
-    """
-    rng = random.Random(seed)
-    left = val_documents
-    for i in range(documents):
-        chosen = rng.random() * (documents - i) < left
-        left -= chosen
-        yield chosen
-
-
-def _plan_split(count: _CorpusCount, val_fraction: float, seed: int) -> _SplitPlan:
-    """Whole documents to val, chosen by the seed; one document gives its last fraction."""
-    n = count.documents
-    if n == 1:
-        chars = count.first_document_chars
-        split_at = min(max(1, round(chars * (1 - val_fraction))), chars - 1)
-        return _SplitPlan(1, 0, seed, split_at if chars >= 2 else None)
-    return _SplitPlan(n, min(max(1, round(n * val_fraction)), n - 1), seed)
-
-
 # --------------------------------------------------------------------------- pass 2
 
 
@@ -397,43 +303,16 @@ class _TokenWriter:
                     os.fsync(f.fileno())
 
 
-def _encode(sources: list[Source], plan: _SplitPlan, writer: _TokenWriter) -> None:
+def _encode(sources: list[Source], plan: SplitPlan, writer: _TokenWriter) -> None:
     choices = val_choices(plan.documents, plan.val_documents, plan.seed)
     for pieces in _documents(sources, _no_log):  # pass 1 gave the warnings
         if plan.single_split_at is not None:
-            for split, text, starts in _split_single(pieces, plan.single_split_at):
-                writer.add(split, text, starts)
+            for to_val, text, starts in split_single(pieces, plan.single_split_at):
+                writer.add("val" if to_val else "train", text, starts)
             continue
         split: Split = "val" if next(choices, False) else "train"
         for k, text in enumerate(pieces):
             writer.add(split, text, k == 0)
-
-
-def _split_single(pieces: Iterator[str], split_at: int) -> Iterator[tuple[Split, str, bool]]:
-    """Cut one document at the line break nearest `split_at`: train before, val after."""
-    offset, done = 0, False
-    for piece in pieces:
-        if done or offset + len(piece) <= split_at:
-            yield ("val" if done else "train"), piece, offset == 0 and not done
-            offset += len(piece)
-            continue
-        cut = nearest_line_break(piece, split_at - offset, allow_start=offset > 0)
-        if cut:
-            yield "train", piece[:cut], offset == 0
-        yield "val", piece[cut:], True
-        done = True
-
-
-def nearest_line_break(text: str, at: int, allow_start: bool = False) -> int:
-    """The cut just after a `\\n` nearest `at` that leaves text on both sides, else `at`.
-
-    >>> nearest_line_break("one\\ntwo\\nthree", 5)
-    4
-    """
-    before = text.rfind("\n", 0, at) + 1
-    after = text.find("\n", at) + 1
-    candidates = [c for c in (before, after) if (c > 0 or allow_start) and 0 < c < len(text)]
-    return min(candidates, key=lambda c: abs(c - at), default=at)
 
 
 def _check_enough(train: SplitStats, min_train_tokens: int) -> None:

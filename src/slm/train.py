@@ -5,29 +5,26 @@
     slm train my_texts/ --max-steps 2000 --eval-every 200 --out runs/mine
     slm train --resume runs/mine                # continue exactly where it stopped
 
-What this module owns: resolving the run's settings and data, the optimizer and the learning
-rate schedule (`lr_at`, a pure function), the step loop with gradient accumulation, periodic
-evaluation and checkpoints, and resume. The model is `slm.model`, the folder format
-`slm.checkpoint`, batches `slm.data`, metrics files `slm.metrics`.
+What this module owns: resolving the run's settings, the step loop with gradient
+accumulation, periodic evaluation and checkpoints, Ctrl-C handling and the progress bar. The
+budget and learning rate schedule are `slm.schedule` (pure functions), the optimizer and loss
+`slm.optim`, the run folder's choice, data record and resume checks `slm.runs`. The model is
+`slm.model`, the folder format `slm.checkpoint`, batches `slm.data`, metrics files
+`slm.metrics`.
 """
 
 from __future__ import annotations
 
-import math
-import shutil
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
 from slm import checkpoint
 from slm.config import (
@@ -39,32 +36,26 @@ from slm.config import (
     preset,
     split_settings,
 )
-from slm.data import BatchSampler, PreparedData, is_prepared, load_prepared
-from slm.errors import EXIT_USAGE, SLMError
+from slm.data import BatchSampler, PreparedData
+from slm.errors import SLMError
 from slm.evaluate import EvalResult, evaluate_windows, sample_windows, token_byte_lengths
-from slm.fileio import read_json, write_json
 from slm.metrics import PLOT_FILE, MetricsLog, plot_losses
 from slm.model import GPT, count_parameters
-from slm.prepare import prepare
+from slm.optim import make_loss_fn, make_optimizer, want_compile
+from slm.runs import (
+    check_resume_point,
+    fill_run_dir,
+    new_run_dir,
+    recorded_data,
+    resolve_data,
+    resumed_train_config,
+)
 from slm.runtime import choose_dtype, resolve_device, set_threads
+from slm.schedule import Budget, lr_at, plan_budget
 from slm.tokenizer import Tokenizer
 
 DEFAULT_MAX_TIME = "5m"  # `slm train` with no budget: a few minutes, then a sample
-WARMUP_FRACTION = 0.1  # warmup never takes more than this share of the budget
-RUN_FILE = "run.json"
 STATE_FORMAT_VERSION = 1
-# Flags that may change when resuming: they do not alter the maths of the run.
-RESUMABLE_OVERRIDES = {
-    "device",
-    "threads",
-    "eval_every",
-    "save_every",
-    "stop_after",
-    "compile",
-    "sample_tokens",
-    "wandb",
-    "tensorboard",
-}
 
 Log = Callable[[str], None]
 
@@ -90,61 +81,6 @@ class TrainResult:
     val: EvalResult | None
     sample: str
     interrupted: bool
-
-
-# --------------------------------------------------------------------------- schedule
-
-
-def lr_at(step: int, progress: float, cfg: TrainConfig, warmup_steps: int) -> float:
-    """Learning rate: linear warmup, then cosine from lr down to lr * min_lr_ratio.
-
-    `progress` in [0, 1] is how much of the budget is spent (steps, tokens or time), so the
-    cosine ends where the budget does whatever kind of budget it is. Warmup ends after
-    `warmup_steps` or a tenth of the budget, whichever comes first: a 1-minute run on a slow
-    machine may only take 100 steps in all.
-    """
-    floor = cfg.lr * cfg.min_lr_ratio
-    progress = min(max(progress, 0.0), 1.0)
-    cosine = floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
-    if not warmup_steps:
-        return cosine
-    warmup = min(1.0, max((step + 1) / warmup_steps, progress / WARMUP_FRACTION))
-    return cosine * warmup
-
-
-@dataclass(frozen=True)
-class Budget:
-    """When training stops: the first of steps, wall-clock time (seconds) reached."""
-
-    total_steps: int  # 0 when only a time budget is set
-    max_time_s: float
-    accum_steps: int  # micro-batches per optimizer step
-    tokens_per_step: int
-    warmup_steps: int
-
-    def progress(self, step: int, elapsed_s: float) -> float:
-        by_steps = step / self.total_steps if self.total_steps else 0.0
-        by_time = elapsed_s / self.max_time_s if self.max_time_s else 0.0
-        return max(by_steps, by_time)
-
-    def done(self, step: int, elapsed_s: float) -> bool:
-        return self.progress(step, elapsed_s) >= 1.0
-
-
-def plan_budget(cfg: TrainConfig, model: ModelConfig, train_tokens: int) -> Budget:
-    """Turn --max-steps / --max-tokens / --epochs / --max-time into steps and seconds."""
-    batch_tokens = cfg.batch_size * model.context_len
-    accum = max(1, math.ceil(cfg.tokens_per_step / batch_tokens)) if cfg.tokens_per_step else 1
-    tokens_per_step = accum * batch_tokens
-    candidates = []
-    if cfg.max_steps:
-        candidates.append(cfg.max_steps)
-    if cfg.max_tokens:
-        candidates.append(math.ceil(cfg.max_tokens / tokens_per_step))
-    if cfg.epochs:
-        candidates.append(math.ceil(cfg.epochs * train_tokens / tokens_per_step))
-    total = min(candidates) if candidates else 0
-    return Budget(total, cfg.max_time_s, accum, tokens_per_step, cfg.warmup_steps)
 
 
 # --------------------------------------------------------------------------- settings
@@ -175,46 +111,6 @@ def resolve_settings(
     return model_cfg, train_cfg
 
 
-def new_run_dir(out: str | None, preset_name: str | None) -> Path:
-    """The folder for a new run: `--out`, or a new timestamped folder under runs/.
-
-    A folder left by a start that never reached its first checkpoint (a run record but no
-    train state) is cleared and reused, so retrying the same command works.
-    """
-    if out:
-        run_dir = Path(out)
-        if run_dir.exists() and not run_dir.is_dir():
-            raise SLMError(f"--out {run_dir} is a file, not a folder", exit_code=EXIT_USAGE)
-        if _failed_start(run_dir):
-            shutil.rmtree(run_dir)
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise SLMError(
-                f"run folder {run_dir} already exists and is not empty",
-                hint=f"continue it with `slm train --resume {run_dir}` or choose another --out",
-                exit_code=EXIT_USAGE,
-            )
-    else:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path("runs") / f"{preset_name or DEFAULT_PRESET}-{stamp}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def _failed_start(run_dir: Path) -> bool:
-    return (run_dir / RUN_FILE).is_file() and not (run_dir / checkpoint.TRAIN_STATE_FILE).exists()
-
-
-def resolve_data(sources: list[str], run_dir: Path, vocab_size: int, log: Log) -> PreparedData:
-    """A prepared folder is used as is; anything else is prepared into the run folder."""
-    if len(sources) == 1 and is_prepared(sources[0]):
-        return load_prepared(sources[0])
-    what = ", ".join(sources) if sources else "the built-in Shakespeare corpus"
-    log(f"preparing {what} into {run_dir / 'data'}")
-    summary = prepare(sources, run_dir / "data", vocab_size=vocab_size, log=log)
-    log(summary.format())
-    return load_prepared(run_dir / "data")
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -236,12 +132,7 @@ def _new_run(request: TrainRequest, log: Log) -> Run:
     data = resolve_data(request.data, run_dir, request.vocab_size or draft_model.vocab_size, log)
     model_cfg, train_cfg = resolve_settings(request, vocab_size=data.vocab_size)
     # 2. The run folder is a model folder: tokenizer and data statistics travel with it.
-    if data.tokenizer_path.resolve() != (run_dir / checkpoint.TOKENIZER_FILE).resolve():
-        shutil.copyfile(data.tokenizer_path, run_dir / checkpoint.TOKENIZER_FILE)
-        shutil.copyfile(data.folder / checkpoint.META_FILE, run_dir / checkpoint.META_FILE)
-    checkpoint.save_config(run_dir, model_cfg)
-    write_json(run_dir / checkpoint.TRAIN_CONFIG_FILE, train_cfg.to_dict())
-    write_json(run_dir / RUN_FILE, _run_record(data))
+    fill_run_dir(run_dir, data, model_cfg, train_cfg)
     torch.manual_seed(train_cfg.seed)
     model = GPT(model_cfg)
     return Run(run_dir, data, model, train_cfg, log, state=None)
@@ -251,64 +142,12 @@ def _resume_run(request: TrainRequest, log: Log) -> Run:
     run_dir = Path(request.resume)
     state = checkpoint.load_train_state(run_dir)
     model = checkpoint.load_model(run_dir)
-    if state.get("step") != _weights_step(run_dir):
-        raise SLMError(
-            f"{run_dir}: weights and train state are from different steps",
-            hint="the last checkpoint was cut short; resume is not possible",
-        )
-    saved = read_json(run_dir / checkpoint.TRAIN_CONFIG_FILE, "train config")
-    saved_model = model.config.to_dict()
-    changed = {
-        k: v
-        for k, v in request.overrides.items()
-        if (k in saved and saved[k] != v) or (k in saved_model and saved_model[k] != v)
-    }
-    refused = sorted(set(changed) - RESUMABLE_OVERRIDES)
-    if refused or request.data or request.preset or request.config_file:
-        raise SLMError(
-            "a resumed run keeps its data, model and schedule",
-            hint="drop " + (", ".join(_flags(refused)) or "DATA/--preset/--config"),
-            exit_code=EXIT_USAGE,
-        )
-    # --stop-after belongs to one invocation: a resumed run finishes its schedule.
-    train_cfg = TrainConfig.from_dict({**saved, "stop_after": 0, **changed})
-    run_info = read_json(run_dir / RUN_FILE, "run record")
-    data = load_prepared(run_info["data"])
-    _check_same_data(run_info, data)
+    check_resume_point(run_dir, state)
+    new_inputs = bool(request.data or request.preset or request.config_file)
+    train_cfg = resumed_train_config(run_dir, request.overrides, model.config.to_dict(), new_inputs)
+    data = recorded_data(run_dir)
     log(f"resuming {run_dir} at step {state['step']}")
     return Run(run_dir, data, model, train_cfg, log, state=state)
-
-
-def _run_record(data: PreparedData) -> dict[str, Any]:
-    """Which data the run trains on, precisely enough to notice if it changes under a resume."""
-    return {
-        "format_version": 1,
-        "data": str(data.folder.resolve()),
-        "tokenizer_sha256": data.meta.get("tokenizer_sha256"),
-        "train_tokens": data.meta["splits"]["train"]["tokens"],
-    }
-
-
-def _check_same_data(run_info: dict[str, Any], data: PreparedData) -> None:
-    now = _run_record(data)
-    for key in ("tokenizer_sha256", "train_tokens"):
-        if key in run_info and run_info[key] != now[key]:
-            raise SLMError(
-                f"cannot resume: the data in {data.folder} changed since the run started ({key})",
-                hint="resume needs the data the run began with; start a new run instead",
-            )
-
-
-def _flags(names: list[str]) -> list[str]:
-    return ["--" + name.replace("_", "-") for name in names]
-
-
-def _weights_step(run_dir: Path) -> int | None:
-    from safetensors import safe_open
-
-    with safe_open(str(run_dir / checkpoint.WEIGHTS_FILE), framework="pt") as f:
-        step = (f.metadata() or {}).get("step")
-    return int(step) if step is not None else None
 
 
 class Run:
@@ -345,7 +184,7 @@ class Run:
             self.model,
             self.device,
             self.dtype,
-            _want_compile(cfg.compile, self.device, self.budget),
+            want_compile(cfg.compile, self.device, self.budget),
             log,
         )
         self.tokenizer = Tokenizer.from_file(run_dir / checkpoint.TOKENIZER_FILE)
@@ -576,74 +415,6 @@ class StopRequest:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
-
-
-def make_optimizer(
-    model: torch.nn.Module, cfg: TrainConfig, device: torch.device
-) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only: decaying norm gains would fight the norm."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    fused = device.type in ("cuda", "cpu")  # one kernel for all tensors instead of a loop
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
-
-
-def _want_compile(setting: str, device: torch.device, budget: Budget) -> bool:
-    """torch.compile: always on CUDA; on CPU only for runs long enough to repay it.
-
-    Measured on seed-2.5m (2-core AMD EPYC, batch 16, context 256): compiling the forward
-    pass with the loss costs 15-30 s once and then runs 1.25x (fp32) to 1.6x (bf16) faster,
-    mostly by fusing the softmax of the loss and the elementwise chains. A run under about
-    two minutes would not win that time back.
-    """
-    if setting != "auto":
-        return setting == "on"
-    if device.type == "cuda":
-        return True
-    long_run = budget.max_time_s >= 120 or budget.total_steps >= 1000
-    return device.type == "cpu" and long_run
-
-
-def make_loss_fn(
-    model: GPT, device: torch.device, dtype: torch.dtype, compile_it: bool, log: Log
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """(x, y) -> mean cross-entropy, under autocast when training in bf16.
-
-    The loss is part of the compiled function so that log-softmax over the vocabulary fuses
-    with the output head instead of writing the (B, T, vocab) probabilities out twice.
-    """
-
-    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        autocast = (
-            nullcontext()
-            if dtype == torch.float32
-            else torch.autocast(device_type=device.type, dtype=dtype)
-        )
-        with autocast:
-            logits = model(x)
-        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-
-    if not compile_it:
-        return loss_fn
-    compiled = torch.compile(loss_fn)
-    state = {"fn": compiled}
-
-    def guarded(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # Compilation happens at the first call; a missing C++ toolchain must not end the run.
-        try:
-            return state["fn"](x, y)
-        except Exception as exc:
-            if state["fn"] is loss_fn:
-                raise
-            log(f"warning: torch.compile failed ({type(exc).__name__}: {exc}); running eagerly")
-            state["fn"] = loss_fn
-            return loss_fn(x, y)
-
-    return guarded
 
 
 # --------------------------------------------------------------------------- progress bar
