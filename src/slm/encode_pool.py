@@ -14,6 +14,7 @@ import gc
 import multiprocessing
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 
@@ -77,17 +78,21 @@ def _encode_in_worker(texts: list[str]) -> list[list[int]]:
 
 
 @contextlib.contextmanager
-def _tokenizers_fork_quiet() -> Iterator[None]:
-    """Fork without HF tokenizers' "process just got forked" warning.
+def _quiet_fork() -> Iterator[None]:
+    """Fork without the two warnings meant for children that use threads.
 
-    The warning is for children that use HF's thread pool; these children only call the
-    single-threaded BPE. Setting the variable for the moment of the fork tells HF so.
+    HF tokenizers warns when a process forks after its thread pool ran, and Python 3.12+
+    when any process with threads forks: a child that used those threads' locks could hang.
+    These children run only the single-threaded BPE and Python. Setting the variable for
+    the moment of the fork tells HF so; the Python warning is silenced for that moment.
     """
     key = "TOKENIZERS_PARALLELISM"
     before = os.environ.get(key)
     os.environ[key] = before or "false"
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
     finally:
         if before is None:
             del os.environ[key]
@@ -126,7 +131,7 @@ class EncodePool:
                 self.workers, context, initializer=_init_worker, initargs=(self.encode,)
             )
             try:
-                with _tokenizers_fork_quiet():  # a fork executor forks all workers on first use
+                with _quiet_fork():  # a fork executor forks all workers on first use
                     executor.submit(len, "").result()
             except (OSError, RuntimeError, AssertionError):  # no processes left, a sandbox...
                 executor.shutdown(wait=False, cancel_futures=True)
