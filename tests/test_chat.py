@@ -8,8 +8,8 @@ import pytest
 
 from slm.api import LoadedModel, load
 from slm.chat import parse_command, run_chat, unescape, write_samples
-from slm.generate import Piece
-from slm.sampling import SampleConfig
+from slm.config import SampleConfig
+from slm.stream_text import Piece
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Settings: presets, validation with flag names, config files, durations."""
+"""Settings: presets, validation with flag names, config files, durations, sampling."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import pytest
 from slm.config import (
     PRESETS,
     ModelConfig,
+    SampleConfig,
     TrainConfig,
     load_config_file,
     parse_duration,
     parse_every,
     preset,
+    sample_config,
     split_settings,
 )
 from slm.errors import EXIT_USAGE, SLMError
@@ -163,3 +165,36 @@ def test_zero_max_time_and_zero_save_interval_are_refused():
         TrainConfig(save_every="0s")
     with pytest.raises(SLMError, match="--save-every must be at least 1 step"):
         TrainConfig(save_every="0")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "flag"),
+    [
+        ("temperature", -0.1, "--temperature"),
+        ("top_p", 0.0, "--top-p"),
+        ("top_p", 1.5, "--top-p"),
+        ("top_k", -1, "--top-k"),
+        ("min_p", 2.0, "--min-p"),
+        ("repetition_penalty", 0.0, "--repetition-penalty"),
+        ("max_new_tokens", 0, "--max-new-tokens"),
+        ("num_samples", 0, "--num-samples"),
+        ("seed", -3, "--seed"),
+        ("temperature", float("nan"), "--temperature"),
+        ("top_k", 2.5, "--top-k"),
+        ("temperature", "hot", "--temperature"),
+        ("stop", ("",), "--stop"),
+    ],
+)
+def test_bad_sample_settings_are_usage_errors_naming_the_flag(field, value, flag):
+    with pytest.raises(SLMError) as info:
+        SampleConfig(**{field: value})
+    assert info.value.exit_code == EXIT_USAGE
+    assert flag in info.value.message
+
+
+def test_sample_settings_normalise_a_single_stop_string_and_reject_unknown_names():
+    assert SampleConfig(stop="\n\n").stop == ("\n\n",)
+    assert SampleConfig(stop=["a", "b"]).stop == ("a", "b")
+    with pytest.raises(SLMError, match="temprature") as info:
+        sample_config(temprature=0.5)
+    assert "temperature" in info.value.hint

@@ -2,20 +2,18 @@
 
 Oracles: greedy decoding with the KV cache must pick exactly the tokens that recomputing
 the whole window gives, before and after the window slides; streamed pieces must join to
-the final text; a stop string is cut where `str.find` says.
+the final text; a stop string is cut where `str.find` says. A sample's text on its own
+(UTF-8 across tokens, held-back stop prefixes) is test_stream_text.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from slm.config import ModelConfig
+from slm.config import ModelConfig, SampleConfig
 from slm.generate import (
     Generation,
-    SampleText,
     decode_threads,
     generate,
     generate_text,
@@ -23,7 +21,6 @@ from slm.generate import (
     window_start,
 )
 from slm.model import GPT
-from slm.sampling import SampleConfig
 from slm.tokenizer import Tokenizer
 
 TEXT = "the cat sat on the mat. héllo wörld, naïve café; 日本語のテキスト 😀 emoji! " * 30
@@ -168,41 +165,6 @@ def test_streamed_pieces_join_to_each_samples_text(model, tokenizer):
         assert mine[-1].finish_reason == completion.finish_reason
         assert all(p.finish_reason is None for p in mine[:-1])
         assert all("at" not in p.text for p in mine)
-
-
-def test_a_character_split_over_byte_tokens_is_streamed_whole(tokenizer):
-    text = "日😀é"
-    byte_ids = [tokenizer.hf.token_to_id(tokenizer_char(b)) for b in text.encode("utf-8")]
-    assert None not in byte_ids
-    sample = SampleText(tokenizer, stops=())
-    pieces = [sample.push(i) for i in byte_ids]
-    assert [p for p in pieces if p] == ["日", "😀", "é"]
-    assert sample.close("length") == ""
-
-
-def tokenizer_char(byte: int) -> str:
-    from slm.tokenizer import byte_to_unicode
-
-    return byte_to_unicode()[byte]
-
-
-@settings(max_examples=80, deadline=None)
-@given(
-    text=st.text(alphabet="ab \n日😀é.", max_size=40),
-    stop=st.sampled_from(["\n\n", "a b", "😀é", ".", "日日"]),
-)
-def test_stream_text_is_cut_at_the_first_stop_and_never_shows_half(tokenizer, text, stop):
-    sample = SampleText(tokenizer, stops=(stop,))
-    pieces = []
-    for token in tokenizer.encode(text):
-        pieces.append(sample.push(token))
-        if sample.done:
-            break
-    pieces.append(sample.close("length"))
-    expected = text[: text.find(stop)] if stop in text else text
-    assert "".join(pieces) == expected
-    assert all("\ufffd" not in p for p in pieces)
-    assert sample.finish_reason == ("stop" if stop in text else "length")
 
 
 def test_no_cache_and_cache_agree_when_sampling_with_a_seed(model, tokenizer):

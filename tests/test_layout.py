@@ -12,10 +12,10 @@ PACKAGE = Path(slm.__file__).parent
 # Lower layers never import higher ones (checked on every import, inside functions too).
 LAYERS = [
     {"errors", "unicode_classes", "splits", "prepare_summary"},
-    {"fileio", "config", "runtime", "sampling", "corpus", "textio", "pieces", "encode_pool"},
-    {"tokenizer", "model", "sources", "metrics", "measure", "data", "cli_args"},
-    {"prepare", "checkpoint", "decode", "schedule"},
-    {"evaluate", "generate", "optim", "runs"},
+    {"fileio", "config", "runtime", "corpus", "textio", "pieces", "encode_pool"},
+    {"tokenizer", "model", "sampling", "sources", "metrics", "measure", "data", "cli_args"},
+    {"prepare", "checkpoint", "decode", "schedule", "stream_text"},
+    {"evaluate", "generate", "optim", "runs", "terminal"},
     {"train", "api"},
     {"chat", "bench_generate"},
     {"bench"},

@@ -1,4 +1,4 @@
-"""Sampling: settings validation, and the fast truncation path against a plain full-vocab oracle."""
+"""Sampling: the fast truncation path against a plain full-vocab oracle (settings: test_config)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slm.errors import EXIT_USAGE, SLMError
+from slm.config import SampleConfig
 from slm.sampling import (
-    SampleConfig,
     apply_repetition_penalty,
     make_generator,
     next_token_probs,
-    sample_config,
     sample_next_token,
 )
 
@@ -45,39 +43,6 @@ def reference_probs(logits: torch.Tensor, cfg: SampleConfig) -> torch.Tensor:
             row = torch.where(probs < cfg.min_p * probs.max(), -math.inf, row)
         rows.append(row.softmax(0))
     return torch.stack(rows).float()
-
-
-@pytest.mark.parametrize(
-    ("field", "value", "flag"),
-    [
-        ("temperature", -0.1, "--temperature"),
-        ("top_p", 0.0, "--top-p"),
-        ("top_p", 1.5, "--top-p"),
-        ("top_k", -1, "--top-k"),
-        ("min_p", 2.0, "--min-p"),
-        ("repetition_penalty", 0.0, "--repetition-penalty"),
-        ("max_new_tokens", 0, "--max-new-tokens"),
-        ("num_samples", 0, "--num-samples"),
-        ("seed", -3, "--seed"),
-        ("temperature", float("nan"), "--temperature"),
-        ("top_k", 2.5, "--top-k"),
-        ("temperature", "hot", "--temperature"),
-        ("stop", ("",), "--stop"),
-    ],
-)
-def test_bad_settings_are_usage_errors_naming_the_flag(field, value, flag):
-    with pytest.raises(SLMError) as info:
-        SampleConfig(**{field: value})
-    assert info.value.exit_code == EXIT_USAGE
-    assert flag in info.value.message
-
-
-def test_settings_normalise_a_single_stop_string_and_reject_unknown_names():
-    assert SampleConfig(stop="\n\n").stop == ("\n\n",)
-    assert SampleConfig(stop=["a", "b"]).stop == ("a", "b")
-    with pytest.raises(SLMError, match="temprature") as info:
-        sample_config(temprature=0.5)
-    assert "temperature" in info.value.hint
 
 
 def test_greedy_is_the_argmax_whatever_the_truncation():

@@ -2,7 +2,7 @@
 
 Owns `LoadedModel`, the notebook-facing wrapper around a model and its tokenizer. Reading
 the folder is `checkpoint.py`'s job, the decode loop `generate.py`'s, the sampling settings
-`sampling.py`'s and bits per byte `evaluate.py`'s.
+`config.py`'s and bits per byte `evaluate.py`'s.
 
     import slm
     model = slm.load("runs/NAME")
@@ -29,13 +29,12 @@ import numpy as np
 import torch
 
 from slm.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, check_model_folder, load_model
-from slm.config import ModelConfig
+from slm.config import ModelConfig, SampleConfig, sample_config
 from slm.errors import EXIT_USAGE, SLMError
 from slm.evaluate import EvalResult, evaluate_windows, plan_windows, token_byte_lengths
 from slm.generate import Generation, GenerationResult, Warn
 from slm.model import GPT
 from slm.runtime import resolve_device
-from slm.sampling import SampleConfig, sample_config
 from slm.tokenizer import Tokenizer
 
 

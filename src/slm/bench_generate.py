@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from slm.checkpoint import TOKENIZER_FILE, save_model
-from slm.config import PRESETS, ModelConfig
+from slm.config import PRESETS, ModelConfig, SampleConfig
 from slm.decode import DecodeStep
 from slm.generate import generate
 from slm.measure import summarize
 from slm.model import GPT, KVCache
 from slm.runtime import available_cores
-from slm.sampling import SampleConfig, make_generator, sample_next_token
+from slm.sampling import make_generator, sample_next_token
 from slm.tokenizer import Tokenizer
 
 PROMPT_TOKENS = 32

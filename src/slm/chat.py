@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from slm.api import LoadedModel
+from slm.config import SampleConfig, sample_config
 from slm.errors import SLMError
-from slm.generate import Piece
-from slm.sampling import SampleConfig, sample_config
+from slm.stream_text import Piece
 
 # Command name -> SampleConfig field. Short forms first: they are what people type.
 COMMANDS: dict[str, str] = {

@@ -120,7 +120,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _sample_settings(args: argparse.Namespace) -> Any:
     """A validated SampleConfig from the flags (before the model loads: fail fast)."""
     from slm.chat import unescape
-    from slm.sampling import SampleConfig
+    from slm.config import SampleConfig
 
     if args.threads < 0:
         raise SLMError("--threads must be 0 (automatic) or more", exit_code=EXIT_USAGE)

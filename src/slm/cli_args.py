@@ -5,7 +5,7 @@ handler, parses, runs the command and reports. The model and training flags are 
 from the `ModelConfig` / `TrainConfig` fields, so a new field becomes a flag without an edit
 here, and the sampling flags shared by generate and chat are defined once. This module never
 prints or exits (argparse does, for --help and bad flags, when `slm.cli` parses), and it reads
-only `slm.config` and `slm.sampling`, so `slm --help` starts without torch.
+only `slm.config`, so `slm --help` starts without torch.
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ def add_chat(sub: Any) -> argparse.ArgumentParser:
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     """The flags of `SampleConfig`, shared by generate and chat."""
-    from slm.sampling import SampleConfig  # light: no torch at import
+    from slm.config import SampleConfig  # light: no torch at import
 
     d = SampleConfig()
     g = p.add_argument_group("sampling")

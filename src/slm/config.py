@@ -1,8 +1,10 @@
-"""Typed configuration: the model's shape, the training recipe, presets and validation.
+"""Typed settings: the model's shape, the training recipe, sampling, presets and validation.
 
 No torch here, so the CLI can build and check a config (and print `--help`) before the heavy
-imports. Precedence is defaults < preset < `--config file` < flags; `merge_overrides` applies
-one layer and names unknown keys with a did-you-mean hint.
+imports. Precedence is defaults < preset < `--config file` < flags (`train.resolve_settings`
+layers them); unknown keys are usage errors with a did-you-mean hint. What the settings
+drive lives elsewhere: the model in `model.py`, the loop in `train.py`, the draw in
+`sampling.py`.
 """
 
 from __future__ import annotations
@@ -324,3 +326,93 @@ def split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     model = {k: v for k, v in settings.items() if k in MODEL_FIELDS}
     train = {k: v for k, v in settings.items() if k in TRAIN_FIELDS}
     return model, train
+
+
+# --------------------------------------------------------------------------- sampling settings
+
+
+MAX_NUM_SAMPLES = 1024  # a batch this size of even a tiny model is far past any sensible use
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How to generate: length, randomness, truncation, batch and stop conditions."""
+
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0: greedy
+    top_k: int = 50  # 0: off
+    top_p: float = 0.95  # 1.0: off
+    min_p: float = 0.0  # 0: off; else drop tokens below min_p * p(most likely token)
+    repetition_penalty: float = 1.0  # 1.0: off; >1 discourages tokens already in the context
+    seed: int | None = None  # None: a fresh random seed each time
+    num_samples: int = 1
+    stop: tuple[str, ...] = ()  # stop strings; the stop string itself is not returned
+    ignore_eot: bool = False  # keep going past <|endoftext|> (benchmarks want a fixed length)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        object.__setattr__(self, "stop", tuple(self.stop))
+        _check_int("max_new_tokens", self.max_new_tokens, low=1)
+        _check_number("temperature", self.temperature, "must be 0 (greedy) or more", low=0.0)
+        _check_int("top_k", self.top_k, low=0)
+        _check_number("top_p", self.top_p, "must be in (0, 1]", low=0.0, high=1.0, open_low=True)
+        _check_number("min_p", self.min_p, "must be in [0, 1]", low=0.0, high=1.0)
+        _check_number(
+            "repetition_penalty",
+            self.repetition_penalty,
+            "must be positive",
+            low=0.0,
+            open_low=True,
+        )
+        if self.seed is not None:
+            _check_int("seed", self.seed, low=0)
+        _check_int("num_samples", self.num_samples, low=1, high=MAX_NUM_SAMPLES)
+        for text in self.stop:
+            if not isinstance(text, str) or not text:
+                raise _usage_error(f"--stop strings must be non-empty text, got {text!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def sample_config(base: SampleConfig | None = None, **overrides: Any) -> SampleConfig:
+    """`base` (or the defaults) with `overrides` applied; an unknown name is a usage error.
+
+    >>> sample_config(temperature=0).greedy
+    True
+    """
+    base = base or SampleConfig()
+    names = [f.name for f in dataclasses.fields(SampleConfig)]
+    for key in overrides:
+        if key not in names:
+            hint = _did_you_mean(key, names)
+            raise _usage_error(f"unknown generation setting {key!r}", hint=hint)
+    return dataclasses.replace(base, **overrides)
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _usage_error(f"--{_flag(name)} must be a whole number, got {value!r}")
+    if value < low or (high is not None and value > high):
+        limit = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise _usage_error(f"--{_flag(name)} must be {limit}, got {value}")
+
+
+def _check_number(
+    name: str,
+    value: Any,
+    rule: str,
+    low: float,
+    high: float | None = None,
+    open_low: bool = False,
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise _usage_error(f"--{_flag(name)} must be a number, got {value!r}")
+    too_low = value <= low if open_low else value < low
+    if too_low or (high is not None and value > high) or math.isinf(value):
+        raise _usage_error(f"--{_flag(name)} {rule}, got {value}")

@@ -1,9 +1,9 @@
 """Choosing the next token: logits (B, V) -> token ids (B,), one row per sample.
 
-Owns the sampling settings (`SampleConfig`, validated with errors that name the CLI flag)
-and the pure functions that turn a row of logits into a choice: repetition penalty,
-temperature, top-k, top-p (nucleus) and min-p truncation, then a draw. The loop around the
-model (prompt, KV cache, stop strings, streaming) lives in `generate.py`.
+Owns the pure functions that turn a row of logits into a choice: repetition penalty,
+temperature, top-k, top-p (nucleus) and min-p truncation, then a draw. The settings they
+read (`SampleConfig`, validated with errors that name the CLI flag) live in `config.py`;
+the loop around the model (prompt, KV cache, stop strings, streaming) in `generate.py`.
 
 Order of operations, per row: repetition penalty -> temperature -> top-k -> top-p -> min-p
 -> draw. With `temperature == 0` the choice is the argmax after the penalty (greedy), and
@@ -14,120 +14,19 @@ set, only the k best logits are sorted (`topk`, ~10 us for 4096 logits) and top-
 and the draw work on those k values; a full-vocabulary sort happens only for top-p without
 top-k.
 
-torch is not imported at module level (the maths use tensor methods): the CLI builds its
-flags from `SampleConfig` while `slm --help` stays free of the one-second torch import.
+torch is not imported at module level: the maths need only tensor methods, so importing
+this module costs nothing until a generator is made (`make_generator`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from slm.errors import EXIT_USAGE, SLMError
+from slm.config import SampleConfig
 
 if TYPE_CHECKING:
     import torch
-
-MAX_NUM_SAMPLES = 1024  # a batch this size of even a tiny model is far past any sensible use
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    """How to generate: length, randomness, truncation, batch and stop conditions."""
-
-    max_new_tokens: int = 200
-    temperature: float = 0.8  # 0: greedy
-    top_k: int = 50  # 0: off
-    top_p: float = 0.95  # 1.0: off
-    min_p: float = 0.0  # 0: off; else drop tokens below min_p * p(most likely token)
-    repetition_penalty: float = 1.0  # 1.0: off; >1 discourages tokens already in the context
-    seed: int | None = None  # None: a fresh random seed each time
-    num_samples: int = 1
-    stop: tuple[str, ...] = ()  # stop strings; the stop string itself is not returned
-    ignore_eot: bool = False  # keep going past <|endoftext|> (benchmarks want a fixed length)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
-        object.__setattr__(self, "stop", tuple(self.stop))
-        _check_int("max_new_tokens", self.max_new_tokens, low=1)
-        _check_number("temperature", self.temperature, "must be 0 (greedy) or more", low=0.0)
-        _check_int("top_k", self.top_k, low=0)
-        _check_number("top_p", self.top_p, "must be in (0, 1]", low=0.0, high=1.0, open_low=True)
-        _check_number("min_p", self.min_p, "must be in [0, 1]", low=0.0, high=1.0)
-        _check_number(
-            "repetition_penalty",
-            self.repetition_penalty,
-            "must be positive",
-            low=0.0,
-            open_low=True,
-        )
-        if self.seed is not None:
-            _check_int("seed", self.seed, low=0)
-        _check_int("num_samples", self.num_samples, low=1, high=MAX_NUM_SAMPLES)
-        for text in self.stop:
-            if not isinstance(text, str) or not text:
-                raise _usage(f"--stop strings must be non-empty text, got {text!r}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def sample_config(base: SampleConfig | None = None, **overrides: Any) -> SampleConfig:
-    """`base` (or the defaults) with `overrides` applied; an unknown name is a usage error.
-
-    >>> sample_config(temperature=0).greedy
-    True
-    """
-    base = base or SampleConfig()
-    names = [f.name for f in dataclasses.fields(SampleConfig)]
-    for key in overrides:
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"choose from {', '.join(names)}"
-            raise _usage(f"unknown generation setting {key!r}", hint=hint)
-    return dataclasses.replace(base, **overrides)
-
-
-def _usage(message: str, hint: str | None = None) -> SLMError:
-    return SLMError(message, hint=hint, exit_code=EXIT_USAGE)
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _usage(f"{_flag(name)} must be a whole number, got {value!r}")
-    if value < low or (high is not None and value > high):
-        limit = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise _usage(f"{_flag(name)} must be {limit}, got {value}")
-
-
-def _check_number(
-    name: str,
-    value: Any,
-    rule: str,
-    low: float,
-    high: float | None = None,
-    open_low: bool = False,
-) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise _usage(f"{_flag(name)} must be a number, got {value!r}")
-    too_low = value <= low if open_low else value < low
-    if too_low or (high is not None and value > high) or math.isinf(value):
-        raise _usage(f"{_flag(name)} {rule}, got {value}")
-
-
-# --------------------------------------------------------------------------- the maths
 
 
 def apply_repetition_penalty(

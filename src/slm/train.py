@@ -6,20 +6,16 @@
     slm train --resume runs/mine                # continue exactly where it stopped
 
 What this module owns: resolving the run's settings, the step loop with gradient
-accumulation, periodic evaluation and checkpoints, Ctrl-C handling and the progress bar. The
-budget and learning rate schedule are `slm.schedule` (pure functions), the optimizer and loss
-`slm.optim`, the run folder's choice, data record and resume checks `slm.runs`. The model is
-`slm.model`, the folder format `slm.checkpoint`, batches `slm.data`, metrics files
-`slm.metrics`.
+accumulation, periodic evaluation and checkpoints, and what an interruption does (save, say
+how to resume). The budget and learning rate schedule are `slm.schedule` (pure functions), the
+optimizer and loss `slm.optim`, the run folder's choice, data record and resume checks
+`slm.runs`, the progress bar and catching Ctrl-C `slm.terminal`. The model is `slm.model`, the
+folder format `slm.checkpoint`, batches `slm.data`, metrics files `slm.metrics`.
 """
 
 from __future__ import annotations
 
-import signal
-import sys
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -51,13 +47,12 @@ from slm.runs import (
     resumed_train_config,
 )
 from slm.runtime import choose_dtype, resolve_device, set_threads
-from slm.schedule import Budget, lr_at, plan_budget
+from slm.schedule import lr_at, plan_budget
+from slm.terminal import Log, StopRequest, advance_bar, progress_bar, write_above_bar
 from slm.tokenizer import Tokenizer
 
 DEFAULT_MAX_TIME = "5m"  # `slm train` with no budget: a few minutes, then a sample
 STATE_FORMAT_VERSION = 1
-
-Log = Callable[[str], None]
 
 
 @dataclass
@@ -208,7 +203,7 @@ class Run:
     def loop(self) -> TrainResult:
         """Train to the end of the budget, or until Ctrl-C / --stop-after; then sample."""
         self._announce()
-        bar = _progress_bar(self.budget, self.step, self.elapsed_s)
+        bar = progress_bar(self.budget, self.step, self.elapsed_s)
         try:
             with StopRequest(self.log) as stop:
                 ended = self._steps(bar, stop)
@@ -262,7 +257,7 @@ class Run:
             self.metrics.append(record)
             if "val_loss" in record:
                 plot_losses(self.metrics.records, self.run_dir / PLOT_FILE)
-            _advance_bar(bar, self.budget, self.step, self.elapsed_s, loss, lr, tokens_per_s)
+            advance_bar(bar, self.budget, self.step, self.elapsed_s, loss, lr, tokens_per_s)
             due = (
                 (save_kind == "eval" and "val_loss" in record)
                 or (save_kind == "steps" and self.step % int(save_every) == 0)
@@ -323,7 +318,7 @@ class Run:
         sample = self.sample_text(self.cfg.sample_tokens) if self.cfg.sample_tokens else ""
         if sample:
             line += "\n  sample: " + " ".join(sample.split())[:200]
-        _write_above_bar(bar, line, self.log)
+        write_above_bar(bar, line, self.log)
         return {"val_loss": result.loss, "val_bpb": result.bpb}
 
     def sample_text(self, max_new_tokens: int) -> str:
@@ -383,79 +378,3 @@ class Run:
             f"device: {self.device.type}, {str(self.dtype).replace('torch.', '')}, "
             f"{torch.get_num_threads()} threads; budget: {' or '.join(budget)}"
         )
-
-
-class StopRequest:
-    """Ctrl-C asks training to stop at the end of the current step, so that the checkpoint
-    holds a whole step (exact resume); a second Ctrl-C stops at once.
-
-    Installed only in the main thread and only where SIGINT is not ignored (a background
-    job started by a shell ignores it on purpose).
-    """
-
-    def __init__(self, log: Log):
-        self.log = log
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            current = signal.getsignal(signal.SIGINT)
-            if current not in (signal.SIG_IGN, None):
-                self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, _signum: int, _frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.log("\nstopping after this step to save a checkpoint (Ctrl-C again to quit now)")
-
-    def __exit__(self, *_: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-
-
-# --------------------------------------------------------------------------- progress bar
-
-
-def _progress_bar(budget: Budget, step: int, elapsed_s: float) -> Any:
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    if budget.total_steps:
-        return tqdm(total=budget.total_steps, initial=step, unit="step", dynamic_ncols=True)
-    return tqdm(
-        total=round(budget.max_time_s),
-        initial=round(elapsed_s),
-        unit="s",
-        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]",
-        dynamic_ncols=True,
-    )
-
-
-def _advance_bar(
-    bar: Any,
-    budget: Budget,
-    step: int,
-    elapsed_s: float,
-    loss: float,
-    lr: float,
-    tokens_per_s: float,
-) -> None:
-    if bar is None:
-        return
-    if budget.total_steps:
-        bar.update(step - bar.n)
-    else:
-        bar.update(min(elapsed_s, budget.max_time_s) - bar.n)
-    bar.set_postfix_str(f"loss {loss:.3f}, lr {lr:.2e}, {tokens_per_s:,.0f} tok/s", refresh=False)
-
-
-def _write_above_bar(bar: Any, line: str, log: Log) -> None:
-    if bar is not None:
-        bar.write(line, file=sys.stderr)
-    else:
-        log(line)
