@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,16 +124,22 @@ def test_warns_when_whole_documents_put_most_text_in_val(tmp_path: Path, make_co
     pytest.fail("no seed put the big document in val")
 
 
-def test_single_document_gives_its_last_fraction_cut_at_a_line(
-    tmp_path: Path, make_corpus_text
-) -> None:
-    text = make_corpus_text(3000)
+def prepare_one_document(tmp_path: Path, text: str, **options: Any) -> tuple[str, str]:
+    """Prepare `text` as the only document into tmp_path/d; its (train, val) text."""
     (tmp_path / "one.txt").write_text(text, encoding="utf-8")
-    prepare([str(tmp_path / "one.txt")], tmp_path / "d", vocab_size=300, val_fraction=0.1)
+    prepare([str(tmp_path / "one.txt")], tmp_path / "d", **options)
     [train], [val] = (
         split_documents(tmp_path / "d", "train"),
         split_documents(tmp_path / "d", "val"),
     )
+    return train, val
+
+
+def test_single_document_gives_its_last_fraction_cut_at_a_line(
+    tmp_path: Path, make_corpus_text
+) -> None:
+    text = make_corpus_text(3000)
+    train, val = prepare_one_document(tmp_path, text, vocab_size=300, val_fraction=0.1)
     assert train + val == text
     assert train.endswith("\n")
     assert abs(len(val) / len(text) - 0.1) < 0.01
@@ -142,12 +149,7 @@ def test_single_document_gives_its_last_fraction_cut_at_a_line(
 
 def test_single_document_without_line_breaks_is_cut_where_it_stands(tmp_path: Path) -> None:
     text = "word " * 2000
-    (tmp_path / "one.txt").write_text(text, encoding="utf-8")
-    prepare([str(tmp_path / "one.txt")], tmp_path / "d", vocab_size=260, val_fraction=0.25)
-    [train], [val] = (
-        split_documents(tmp_path / "d", "train"),
-        split_documents(tmp_path / "d", "val"),
-    )
+    train, val = prepare_one_document(tmp_path, text, vocab_size=260, val_fraction=0.25)
     assert train + val == text
     assert len(val) == 2500
 
