@@ -10,9 +10,10 @@ neighbour's burst of CPU use shows as spread rather than as a wrong median.
 
 Figures: tokens/s for 256 new tokens after a 32-token prompt, at batch 1 and 8, with and
 without the cache, with 1 thread and with every core; time to the first token; the
-per-token time at batch 1 split into model step, sampling and loop bookkeeping, against
-the time of the step's matrix products alone (the arithmetic floor); and the peak RSS of
-a real `slm generate` process.
+batch-1 decode step (the lean one of `slm.decode` that generation uses, and the same step
+through `GPT.forward` as its baseline, interleaved) against the time of the step's matrix
+products alone (the arithmetic floor) and of sampling; and the peak RSS of a real
+`slm generate` process.
 """
 
 from __future__ import annotations

@@ -64,7 +64,9 @@ def slide_keep(context_len: int) -> int:
     Keeping more leaves more context for the next tokens but re-prefills more often. For
     seed-2.5m on one thread, 512 tokens past a full 256-token window ran at 930 tokens/s
     keeping 1/2, 842 keeping 3/4 and 685 keeping 7/8, against ~1,130 inside the window
-    (a 128-token prefill costs 6.5 ms, about 10 decode steps).
+    (a 128-token prefill costs 6.5 ms, about 10 decode steps through `GPT.forward`). Those
+    runs predate the lean step of `slm.decode`, which makes a re-prefill worth ~16 steps:
+    keeping more would cost more still.
     """
     return max(1, context_len // 2)
 
