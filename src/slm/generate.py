@@ -176,14 +176,14 @@ class _Decoder:
     def step(self) -> list[int]:
         """Feed the newest tokens; return each sample's next token."""
         start = window_start(self.start, self.length, self.context_len)
-        if self.cache is None or self.decode is None:
+        if self.decode is None:  # no cache: recompute the whole window
             logits = self.model(self.ids[:, start : self.length], last_only=True)[:, -1]
         elif start != self.start:
             # The cache is full: re-prefill the kept tail into it from position 0 (RoPE
             # positions are absolute, so the old keys cannot just be shifted).
-            self.cache.reset()
+            self.decode.cache.reset()
             window = self.ids[:, start : self.length]
-            logits = self.model(window, self.cache, last_only=True)[:, -1]
+            logits = self.model(window, self.decode.cache, last_only=True)[:, -1]
         else:
             logits = self.decode(self.ids[:, self.length - 1])  # the lean path: decode.py
         self.start = start
