@@ -7,6 +7,6 @@ from __future__ import annotations
 
 import sys
 
-from slm.cli import main
+from slm.cli.main import main
 
 sys.exit(main(["bench", *sys.argv[1:]]))

@@ -1,13 +1,13 @@
 """Generation figures alone: `python benchmarks/bench_generate.py [--quick]`.
 
-A thin script over `slm.bench_generate`; `python -m benchmarks` runs the whole suite.
+A thin script over `slm.bench.generation`; `python -m benchmarks` runs the whole suite.
 """
 
 from __future__ import annotations
 
 import sys
 
-from slm.bench_generate import generate_suite
+from slm.bench.generation import generate_suite
 
 
 def main() -> int:

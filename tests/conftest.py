@@ -40,7 +40,7 @@ def make_corpus_text() -> Callable[..., str]:
 @pytest.fixture(scope="session")
 def small_tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 300-token BPE tokenizer trained on generated text (well under a second)."""
-    from slm.tokenizer import Tokenizer
+    from slm.tokenizer.bpe import Tokenizer
 
     tokenizer = Tokenizer.train([corpus_text(20_000, seed=s) for s in range(3)], vocab_size=300)
     path = tmp_path_factory.mktemp("small_tokenizer") / "tokenizer.json"
@@ -58,7 +58,7 @@ def build_model_dir(folder: Path, text: str, context_len: int = 32, seed: int = 
     from slm import checkpoint
     from slm.config import ModelConfig
     from slm.model import GPT
-    from slm.tokenizer import Tokenizer
+    from slm.tokenizer.bpe import Tokenizer
 
     tokenizer = Tokenizer.train([text], vocab_size=300)
     torch.manual_seed(seed)
@@ -92,7 +92,7 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def prepared(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`corpus_dir` prepared (vocabulary 300, val 0.2, seed 3); read-only: copy to change it."""
-    from slm.prepare import prepare
+    from slm.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared") / "data"
     prepare([str(corpus_dir)], out, vocab_size=300, val_fraction=0.2, seed=3)

@@ -13,7 +13,7 @@ import slm
 from slm import checkpoint
 from slm.api import LoadedModel, load
 from slm.errors import EXIT_USAGE, SLMError
-from slm.tokenizer import Tokenizer
+from slm.tokenizer.bpe import Tokenizer
 
 TEXT = "the cat sat on the mat. héllo wörld, naïve café; 日本語 😀! " * 30
 

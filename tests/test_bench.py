@@ -1,4 +1,4 @@
-"""slm.bench: the results table, and a quality figure kept (with its date) across runs."""
+"""slm.bench.suite: the results table, and a quality figure kept (with its date) across runs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from slm.bench import carried_quality, load_results, markdown_table, write_results
+from slm.bench.suite import carried_quality, load_results, markdown_table, write_results
 
 RESULTS = sorted((Path(__file__).parents[1] / "benchmarks" / "results").glob("*.json"))
 

@@ -7,9 +7,9 @@ import io
 import pytest
 
 from slm.api import LoadedModel, load
-from slm.chat import parse_command, run_chat, unescape, write_samples
+from slm.cli.chat import parse_command, run_chat, unescape, write_samples
 from slm.config import SampleConfig
-from slm.stream_text import Piece
+from slm.generation.stream_text import Piece
 
 
 @pytest.fixture(scope="module")

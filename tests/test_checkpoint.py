@@ -13,7 +13,7 @@ from slm.config import ModelConfig, preset
 from slm.errors import SLMError
 from slm.fileio import atomic_write
 from slm.model import GPT
-from slm.tokenizer import Tokenizer
+from slm.tokenizer.bpe import Tokenizer
 
 
 @pytest.fixture(scope="module")

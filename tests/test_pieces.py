@@ -1,4 +1,5 @@
-"""slm.pieces: the split is exactly HF's pre-tokenizer, and cached encoding gives HF's ids."""
+"""slm.tokenizer.pieces: the split is exactly HF's pre-tokenizer, and cached encoding gives HF's
+ids."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from tokenizers import normalizers, pre_tokenizers
 
-from slm import unicode_classes
-from slm.pieces import PieceEncoder, parse_ranges, split
-from slm.tokenizer import EOT, PAD, Tokenizer, byte_to_unicode
+from slm.tokenizer import unicode_classes
+from slm.tokenizer.bpe import EOT, PAD, Tokenizer, byte_to_unicode
+from slm.tokenizer.pieces import PieceEncoder, parse_ranges, split
 
 HF_SPLIT = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True).pre_tokenize_str
 TO_BYTE_LEVEL = byte_to_unicode()

@@ -1,4 +1,4 @@
-"""slm.prepare: prepared folders (layout, split, atomicity), bad input, and flat memory.
+"""slm.data.prepare: prepared folders (layout, split, atomicity), bad input, and flat memory.
 
 The split decisions alone (which document, where to cut) are tested in test_splits.py.
 """
@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from slm.data import FORMAT_VERSION, is_prepared, load_prepared
+from slm.data.prepare import prepare, token_dtype
+from slm.data.prepared import FORMAT_VERSION, is_prepared, load_prepared
 from slm.errors import EXIT_USAGE, SLMError
-from slm.prepare import prepare, token_dtype
-from slm.tokenizer import EOT, Tokenizer
+from slm.tokenizer.bpe import EOT, Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +274,7 @@ def test_bad_options_are_usage_errors(tmp_path: Path, options: dict, match: str)
 _PEAK_RSS_SCRIPT = textwrap.dedent(
     """
     import sys
-    from slm.prepare import prepare
+    from slm.data.prepare import prepare
     source, out, tokenizer = sys.argv[1:]
     prepare([source], out, tokenizer_path=tokenizer, progress=False)
     status = open("/proc/self/status").read().split("VmHWM:")[1]

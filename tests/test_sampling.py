@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slm.config import SampleConfig
-from slm.sampling import (
+from slm.generation.sampling import (
     apply_repetition_penalty,
     make_generator,
     next_token_probs,

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from slm.config import ModelConfig, TrainConfig, preset
-from slm.schedule import lr_at, plan_budget
+from slm.training.schedule import lr_at, plan_budget
 
 
 def test_lr_warms_up_then_decays_to_the_floor():

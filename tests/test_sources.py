@@ -1,4 +1,4 @@
-"""slm.sources: every source type, resolving what the user typed, errors for bad input."""
+"""slm.data.sources: every source type, resolving what the user typed, errors for bad input."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from slm.errors import EXIT_USAGE, SLMError
-from slm.sources import (
+from slm.data.sources import (
     DatasetSource,
     JsonlFile,
     Shakespeare,
@@ -17,6 +16,7 @@ from slm.sources import (
     parse_hf_spec,
     resolve_sources,
 )
+from slm.errors import EXIT_USAGE, SLMError
 
 
 class Messages(list):

@@ -1,11 +1,11 @@
-"""slm.splits: which documents go to val, and where a single document is cut."""
+"""slm.data.splits: which documents go to val, and where a single document is cut."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from slm.splits import nearest_line_break, plan_split, split_single, val_choices
+from slm.data.splits import nearest_line_break, plan_split, split_single, val_choices
 
 
 @pytest.mark.parametrize(("documents", "val"), [(2, 1), (10, 3), (1000, 50)])

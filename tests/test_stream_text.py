@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slm.stream_text import SampleText, find_stop, partial_stop_len
-from slm.tokenizer import Tokenizer, byte_to_unicode
+from slm.generation.stream_text import SampleText, find_stop, partial_stop_len
+from slm.tokenizer.bpe import Tokenizer, byte_to_unicode
 
 TEXT = "the cat sat on the mat. héllo wörld, naïve café; 日本語のテキスト 😀 emoji! " * 30
 

@@ -1,4 +1,4 @@
-"""slm.tokenizer: training, special tokens, lossless round trips, standard tokenizer.json."""
+"""slm.tokenizer.bpe: training, special tokens, lossless round trips, standard tokenizer.json."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from slm.errors import SLMError
-from slm.tokenizer import EOT, MIN_VOCAB, PAD, Tokenizer
+from slm.tokenizer.bpe import EOT, MIN_VOCAB, PAD, Tokenizer
 
 EDGE_CASES = [
     "",

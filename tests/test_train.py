@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from slm import checkpoint
-from slm.cli import main
+from slm.cli.main import main
+from slm.data.prepare import prepare
 from slm.errors import SLMError
-from slm.prepare import prepare
-from slm.train import TrainRequest, train
+from slm.training.loop import TrainRequest, train
 
 FAST = {"device": "cpu", "dtype": "float32", "sample_tokens": 0, "threads": 1}
 
@@ -325,3 +325,36 @@ def test_resume_refuses_data_that_changed(prepared, tmp_path):
     (data / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(SLMError, match="changed"):
         train(TrainRequest(resume=str(run_dir)))
+
+
+def test_a_python_caller_sees_progress_through_its_own_object(prepared, tmp_path):
+    """`slm.training` reports through `TrainProgress`; no terminal code is needed."""
+    from slm.training.progress import TrainProgress
+
+    class Recorder(TrainProgress):
+        def __init__(self) -> None:
+            super().__init__()
+            self.events: list[tuple] = []
+
+        def start(self, budget, step, elapsed_s):
+            self.events.append(("start", step))
+
+        def advance(self, budget, step, elapsed_s, loss, lr, tokens_per_s):
+            self.events.append(("step", step, loss))
+
+        def write(self, line):
+            self.events.append(("line", line))
+
+        def close(self):
+            self.events.append(("close",))
+
+    recorder = Recorder()
+    settings = {**FAST, "batch_size": 4, "eval_every": 3, "max_steps": 6}
+    request = TrainRequest(data=[str(prepared)], out=str(tmp_path / "run"), preset="tiny")
+    request.overrides = settings
+    train(request, progress=recorder)
+    kinds = [e[0] for e in recorder.events]
+    assert kinds[0] == "start" and kinds[-1] == "close"
+    assert [e[1] for e in recorder.events if e[0] == "step"] == [1, 2, 3, 4, 5, 6]
+    evals = [e[1] for e in recorder.events if e[0] == "line"]
+    assert len(evals) == 2 and all("bits/byte" in line for line in evals)

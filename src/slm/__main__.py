@@ -1,5 +1,5 @@
 """`python -m slm` runs the same CLI as the `slm` console script."""
 
-from slm.cli import entry
+from slm.cli.main import entry
 
 entry()

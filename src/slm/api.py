@@ -30,12 +30,12 @@ import torch
 
 from slm.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, check_model_folder, load_model
 from slm.config import ModelConfig, SampleConfig, sample_config
+from slm.device import resolve_device
 from slm.errors import EXIT_USAGE, SLMError
 from slm.evaluate import EvalResult, evaluate_windows, plan_windows, token_byte_lengths
-from slm.generate import Generation, GenerationResult, Warn
+from slm.generation.generation import Generation, GenerationResult, Warn
 from slm.model import GPT
-from slm.runtime import resolve_device
-from slm.tokenizer import Tokenizer
+from slm.tokenizer.bpe import Tokenizer
 
 
 def load(path: str | os.PathLike, device: str = "auto", warn: Warn | None = None) -> LoadedModel:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from slm.errors import EXIT_USAGE, SLMError
 from slm.fileio import read_json
-from slm.tokenizer import SPECIAL_TOKENS, Tokenizer
+from slm.tokenizer.bpe import SPECIAL_TOKENS, Tokenizer
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def evaluate_model(
 ) -> EvalResult:
     """`slm eval`: score a model folder on text sources, or on its run's own data split."""
     from slm import checkpoint
-    from slm.runtime import choose_dtype, resolve_device, set_threads
+    from slm.device import choose_dtype, resolve_device, set_threads
 
     if max_tokens < 0:  # tokens[:-5] would quietly drop the last five instead
         raise SLMError(
@@ -210,8 +210,8 @@ def _tokens_to_score(
     text_field: str,
     log: Callable[[str], None],
 ) -> np.ndarray:
-    from slm.data import load_prepared
-    from slm.prepare import encode_sources
+    from slm.data.prepare import encode_sources
+    from slm.data.prepared import load_prepared
 
     if sources:
         return encode_sources(sources, tokenizer, glob=glob, text_field=text_field, log=log)

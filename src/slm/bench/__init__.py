@@ -1,0 +1,7 @@
+"""The benchmark suite behind `slm bench` (and `python -m benchmarks`).
+
+- `suite`: every figure in one run (matmul peaks, tokenizer, training, generation, the
+  quality run) and the results files.
+- `generation`: decoding speed, the decode step's parts, `slm generate`'s memory.
+- `measure`: repeat statistics and peak memory.
+"""

@@ -1,0 +1,137 @@
+"""Prepared data folders: the format, reading them back, and random training batches.
+
+A prepared folder (what `slm prepare` writes):
+
+    tokenizer.json   byte-level BPE (slm.tokenizer.bpe), trained there or reused with --tokenizer
+    train.bin        flat token ids, uint16 when the vocabulary fits (<= 65536), else uint32
+    val.bin          the same layout; whole documents chosen by the seed
+    meta.json        format version, vocabulary, dtype, per-split counts, sources, versions
+
+In the token files every document is *preceded* by one `<|endoftext|>`: `EOT doc EOT doc`. So
+the model learns that EOT starts a document (generation from nothing begins with EOT) and
+predicts EOT where the previous document ends. Per-split `tokens` count every id in the file,
+EOTs included; `characters` and `bytes` count document text only, so losses can be given in
+bits per byte.
+
+`load_prepared` gives a checked view of the folder, token files as read-only memory maps, and
+`BatchSampler` draws random training windows with a resumable generator. Writing a folder is
+`slm.data.prepare`'s job; it imports the format constants from here, never the other way, so the
+reading side stands on numpy (and torch, for batches) without the sources or the tokenizer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from slm.errors import SLMError
+from slm.fileio import check_format_version, read_json
+
+if TYPE_CHECKING:
+    import torch
+
+Split = Literal["train", "val"]
+
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+TOKENIZER_FILE = "tokenizer.json"
+SPLITS: tuple[Split, ...] = ("train", "val")
+PREPARE_HINT = "prepare it first: slm prepare SOURCES --out FOLDER"
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class PreparedData:
+    """A checked prepared folder; token files open as read-only memory maps."""
+
+    folder: Path
+    meta: dict = field(repr=False)
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.folder / TOKENIZER_FILE
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    def tokens(self, split: Split) -> np.ndarray:
+        path = self.folder / f"{split}.bin"
+        dtype = np.dtype(self.meta["dtype"])
+        if not path.is_file() or path.stat().st_size == 0:
+            return np.empty(0, dtype)  # numpy cannot memory-map an empty file
+        return np.memmap(path, dtype=dtype, mode="r")
+
+
+def is_prepared(folder: str | os.PathLike) -> bool:
+    folder = Path(folder)
+    return all((folder / name).is_file() for name in (META_FILE, "train.bin", TOKENIZER_FILE))
+
+
+def load_prepared(folder: str | os.PathLike) -> PreparedData:
+    """Open a folder written by `prepare`, checking it before anything trains on it."""
+    folder = Path(folder)
+    if not is_prepared(folder):
+        raise SLMError(f"{folder} is not a prepared data folder", hint=PREPARE_HINT)
+    meta = read_json(folder / META_FILE, "prepared data meta.json")
+    if not isinstance(meta, dict):
+        raise SLMError(f"{folder / META_FILE} is corrupt (not a JSON object)", hint=PREPARE_HINT)
+    check_format_version(meta, FORMAT_VERSION, folder / META_FILE, "prepared data")
+    try:
+        dtype = np.dtype(meta["dtype"])
+        expected = {split: int(meta["splits"][split]["tokens"]) for split in SPLITS}
+        int(meta["vocab_size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SLMError(f"{folder / META_FILE} is corrupt ({exc!r})", hint=PREPARE_HINT) from exc
+    for split, tokens in expected.items():
+        path = folder / f"{split}.bin"
+        size = path.stat().st_size if path.is_file() else 0
+        if size != tokens * dtype.itemsize:
+            raise SLMError(
+                f"{path} holds {size} bytes, but meta.json promises {tokens} {dtype} tokens",
+                hint=f"the folder is damaged; {PREPARE_HINT}",
+            )
+    return PreparedData(folder, meta)
+
+
+class BatchSampler:
+    """Random (B, T+1) windows from a token array -> (x, y) int64 CPU tensors of shape (B, T).
+
+    Window starts come from a seeded `torch.Generator`, whose state is a tensor, so a
+    checkpoint can hold it and a resumed run draws exactly the batches it would have drawn.
+    """
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, context_len: int, seed: int):
+        import torch  # here, not at the top: `slm prepare` never needs torch (~1 s to import)
+
+        if len(tokens) < context_len + 1:
+            raise SLMError(
+                f"{len(tokens):,} tokens are too few for one window of context {context_len}: "
+                f"{context_len + 1:,} are needed",
+                hint="use more text or a smaller --context-len",
+            )
+        self.tokens = tokens
+        self.batch_size = batch_size
+        self.context_len = context_len
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        # Starts in [0, n - T - 1] so that every window has T inputs and T shifted targets.
+        high = len(self.tokens) - self.context_len
+        starts = torch.randint(high, (self.batch_size,), generator=self.generator).tolist()
+        windows = np.stack([self.tokens[s : s + self.context_len + 1] for s in starts])
+        block = torch.from_numpy(windows.astype(np.int64))  # (B, T+1)
+        return block[:, :-1].contiguous(), block[:, 1:].contiguous()
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

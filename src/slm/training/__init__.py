@@ -1,0 +1,14 @@
+"""Training: the loop and everything it needs that is not the model itself.
+
+- `loop`: `train(TrainRequest)`, the whole of `slm train`: settings, steps with gradient
+  accumulation, evaluation, checkpoints, resume, interruption.
+- `schedule`: the budget (steps, tokens, time) and the learning rate at each step (warmup,
+  cosine decay), as pure functions.
+- `optimizer`: AdamW and its parameter groups, the loss, `torch.compile`.
+- `run_folder`: choosing the run folder, recording its data, resume checks.
+- `metrics`: `metrics.jsonl` and `loss.png`.
+- `progress`: what the loop reports while it runs (`TrainProgress`).
+- `stop`: Ctrl-C as a request to stop after the step in flight.
+
+Named `training` rather than `train` so that the name `slm.train` stays free for a function.
+"""

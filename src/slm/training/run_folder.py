@@ -1,0 +1,179 @@
+"""Run folders before the loop starts: where a new run goes, its data, what a resume may change.
+
+A run folder is a model folder (`slm.checkpoint` owns its weights, configs and train state)
+plus `run.json`, the run record: which prepared data the run trains on, precisely enough to
+notice if it changes under a resume. This module
+
+- picks the folder of a new run, and clears one left by a start that never reached its first
+  checkpoint, so that retrying the same command works;
+- finds the data of a new run (a prepared folder as is, anything else prepared into the run
+  folder by `slm.data.prepare`) and fills the folder: tokenizer, configs and the run record;
+- refuses a resume that could not continue exactly: weights and train state from different
+  steps, data that changed, or flags that would change the maths of the run.
+
+Building the model and optimizer and running the steps is `slm.training.loop`'s job.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from slm import checkpoint
+from slm.config import DEFAULT_PRESET, ModelConfig, TrainConfig
+from slm.data.prepare import prepare
+from slm.data.prepared import PreparedData, is_prepared, load_prepared
+from slm.errors import EXIT_USAGE, SLMError
+from slm.fileio import read_json, write_json
+
+RUN_FILE = "run.json"
+# Flags that may change when resuming: they do not alter the maths of the run.
+RESUMABLE_OVERRIDES = {
+    "device",
+    "threads",
+    "eval_every",
+    "save_every",
+    "stop_after",
+    "compile",
+    "sample_tokens",
+    "wandb",
+    "tensorboard",
+}
+
+
+# --------------------------------------------------------------------------- a new run
+
+
+def new_run_dir(out: str | None, preset_name: str | None) -> Path:
+    """The folder for a new run: `--out`, or a new timestamped folder under runs/.
+
+    A folder left by a start that never reached its first checkpoint (a run record but no
+    train state) is cleared and reused, so retrying the same command works.
+    """
+    if out:
+        run_dir = Path(out)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise SLMError(f"--out {run_dir} is a file, not a folder", exit_code=EXIT_USAGE)
+        if _failed_start(run_dir):
+            shutil.rmtree(run_dir)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise SLMError(
+                f"run folder {run_dir} already exists and is not empty",
+                hint=f"continue it with `slm train --resume {run_dir}` or choose another --out",
+                exit_code=EXIT_USAGE,
+            )
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = Path("runs") / f"{preset_name or DEFAULT_PRESET}-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _failed_start(run_dir: Path) -> bool:
+    return (run_dir / RUN_FILE).is_file() and not (run_dir / checkpoint.TRAIN_STATE_FILE).exists()
+
+
+def resolve_data(
+    sources: list[str], run_dir: Path, vocab_size: int, log: Callable[[str], None]
+) -> PreparedData:
+    """A prepared folder is used as is; anything else is prepared into the run folder."""
+    if len(sources) == 1 and is_prepared(sources[0]):
+        return load_prepared(sources[0])
+    what = ", ".join(sources) if sources else "the built-in Shakespeare corpus"
+    log(f"preparing {what} into {run_dir / 'data'}")
+    summary = prepare(sources, run_dir / "data", vocab_size=vocab_size, log=log)
+    log(summary.format())
+    return load_prepared(run_dir / "data")
+
+
+def fill_run_dir(
+    run_dir: Path, data: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig
+) -> None:
+    """What a new run folder holds before its first checkpoint: the tokenizer and data
+    statistics (a run folder is a model folder), both configs and the run record."""
+    if data.tokenizer_path.resolve() != (run_dir / checkpoint.TOKENIZER_FILE).resolve():
+        shutil.copyfile(data.tokenizer_path, run_dir / checkpoint.TOKENIZER_FILE)
+        shutil.copyfile(data.folder / checkpoint.META_FILE, run_dir / checkpoint.META_FILE)
+    checkpoint.save_config(run_dir, model_cfg)
+    write_json(run_dir / checkpoint.TRAIN_CONFIG_FILE, train_cfg.to_dict())
+    write_json(run_dir / RUN_FILE, _run_record(data))
+
+
+def _run_record(data: PreparedData) -> dict[str, Any]:
+    """Which data the run trains on, precisely enough to notice if it changes under a resume."""
+    return {
+        "format_version": 1,
+        "data": str(data.folder.resolve()),
+        "tokenizer_sha256": data.meta.get("tokenizer_sha256"),
+        "train_tokens": data.meta["splits"]["train"]["tokens"],
+    }
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def check_resume_point(run_dir: Path, state: dict[str, Any]) -> None:
+    """The weights and the train state must come from the same step to resume exactly."""
+    if state.get("step") != _weights_step(run_dir):
+        raise SLMError(
+            f"{run_dir}: weights and train state are from different steps",
+            hint="the last checkpoint was cut short; resume is not possible",
+        )
+
+
+def resumed_train_config(
+    run_dir: Path, overrides: dict[str, Any], saved_model: dict[str, Any], new_inputs: bool
+) -> TrainConfig:
+    """The saved train settings with the flags a resume may change (`RESUMABLE_OVERRIDES`).
+
+    `new_inputs` is whether the command also named data, a preset or a config file: a
+    resumed run keeps those it began with, so any of them is refused like a changed flag.
+    """
+    saved = read_json(run_dir / checkpoint.TRAIN_CONFIG_FILE, "train config")
+    changed = {
+        k: v
+        for k, v in overrides.items()
+        if (k in saved and saved[k] != v) or (k in saved_model and saved_model[k] != v)
+    }
+    refused = sorted(set(changed) - RESUMABLE_OVERRIDES)
+    if refused or new_inputs:
+        raise SLMError(
+            "a resumed run keeps its data, model and schedule",
+            hint="drop " + (", ".join(_flags(refused)) or "DATA/--preset/--config"),
+            exit_code=EXIT_USAGE,
+        )
+    # --stop-after belongs to one invocation: a resumed run finishes its schedule.
+    return TrainConfig.from_dict({**saved, "stop_after": 0, **changed})
+
+
+def recorded_data(run_dir: Path) -> PreparedData:
+    """The data a run began with, refused if it changed since (a resume must see the same)."""
+    run_info = read_json(run_dir / RUN_FILE, "run record")
+    data = load_prepared(run_info["data"])
+    _check_same_data(run_info, data)
+    return data
+
+
+def _check_same_data(run_info: dict[str, Any], data: PreparedData) -> None:
+    now = _run_record(data)
+    for key in ("tokenizer_sha256", "train_tokens"):
+        if key in run_info and run_info[key] != now[key]:
+            raise SLMError(
+                f"cannot resume: the data in {data.folder} changed since the run started ({key})",
+                hint="resume needs the data the run began with; start a new run instead",
+            )
+
+
+def _flags(names: list[str]) -> list[str]:
+    return ["--" + name.replace("_", "-") for name in names]
+
+
+def _weights_step(run_dir: Path) -> int | None:
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / checkpoint.WEIGHTS_FILE), framework="pt") as f:
+        step = (f.metadata() or {}).get("step")
+    return int(step) if step is not None else None

@@ -1,0 +1,69 @@
+"""The schedule: how long a run trains (its budget) and the learning rate along the way.
+
+Pure maths over the settings, no torch: `plan_budget` turns --max-steps / --max-tokens /
+--epochs / --max-time into steps and seconds, and `lr_at(step, progress, cfg, warmup_steps)`
+gives the learning rate at any point of that budget, so a test can draw the whole curve
+without training. The loop that follows the schedule is `slm.training.loop`; the optimizer whose
+rate it sets, `slm.training.optimizer`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from slm.config import ModelConfig, TrainConfig
+
+WARMUP_FRACTION = 0.1  # warmup never takes more than this share of the budget
+
+
+def lr_at(step: int, progress: float, cfg: TrainConfig, warmup_steps: int) -> float:
+    """Learning rate: linear warmup, then cosine from lr down to lr * min_lr_ratio.
+
+    `progress` in [0, 1] is how much of the budget is spent (steps, tokens or time), so the
+    cosine ends where the budget does whatever kind of budget it is. Warmup ends after
+    `warmup_steps` or a tenth of the budget, whichever comes first: a 1-minute run on a slow
+    machine may only take 100 steps in all.
+    """
+    floor = cfg.lr * cfg.min_lr_ratio
+    progress = min(max(progress, 0.0), 1.0)
+    cosine = floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+    if not warmup_steps:
+        return cosine
+    warmup = min(1.0, max((step + 1) / warmup_steps, progress / WARMUP_FRACTION))
+    return cosine * warmup
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When training stops: the first of steps, wall-clock time (seconds) reached."""
+
+    total_steps: int  # 0 when only a time budget is set
+    max_time_s: float
+    accum_steps: int  # micro-batches per optimizer step
+    tokens_per_step: int
+    warmup_steps: int
+
+    def progress(self, step: int, elapsed_s: float) -> float:
+        by_steps = step / self.total_steps if self.total_steps else 0.0
+        by_time = elapsed_s / self.max_time_s if self.max_time_s else 0.0
+        return max(by_steps, by_time)
+
+    def done(self, step: int, elapsed_s: float) -> bool:
+        return self.progress(step, elapsed_s) >= 1.0
+
+
+def plan_budget(cfg: TrainConfig, model: ModelConfig, train_tokens: int) -> Budget:
+    """Turn --max-steps / --max-tokens / --epochs / --max-time into steps and seconds."""
+    batch_tokens = cfg.batch_size * model.context_len
+    accum = max(1, math.ceil(cfg.tokens_per_step / batch_tokens)) if cfg.tokens_per_step else 1
+    tokens_per_step = accum * batch_tokens
+    candidates = []
+    if cfg.max_steps:
+        candidates.append(cfg.max_steps)
+    if cfg.max_tokens:
+        candidates.append(math.ceil(cfg.max_tokens / tokens_per_step))
+    if cfg.epochs:
+        candidates.append(math.ceil(cfg.epochs * train_tokens / tokens_per_step))
+    total = min(candidates) if candidates else 0
+    return Budget(total, cfg.max_time_s, accum, tokens_per_step, cfg.warmup_steps)

@@ -1,0 +1,75 @@
+"""slm.generation.decode_step: the lean one-token step gives GPT.forward's logits and fills the
+same cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slm.config import ModelConfig, preset
+from slm.generation.decode_step import DecodeStep
+from slm.model import GPT, KVCache
+
+
+def tiny_model(seed: int = 0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(ModelConfig(**{**preset("tiny"), **overrides})).eval()
+    for param in model.parameters():  # trained-looking weights, not the near-zero init
+        param.data.normal_(0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("n_kv_heads,batch", [(4, 1), (4, 3), (2, 2), (1, 1)])
+@torch.inference_mode()
+def test_steps_give_forward_logits_and_cache(n_kv_heads: int, batch: int) -> None:
+    model = tiny_model(n_kv_heads=n_kv_heads)
+    ids = torch.randint(0, 512, (batch, 30))
+    by_forward, by_step = KVCache(model.config, batch), KVCache(model.config, batch)
+    model(ids[:, :10], by_forward)
+    model(ids[:, :10], by_step)
+    step = DecodeStep(model, by_step)
+    for t in range(10, 30):
+        expected = model(ids[:, t : t + 1], by_forward)[:, -1]
+        torch.testing.assert_close(step(ids[:, t]), expected, atol=1e-5, rtol=1e-5)
+    assert by_step.pos == by_forward.pos == 30
+    torch.testing.assert_close(by_step.k[:, :, :, :30], by_forward.k[:, :, :, :30])
+    torch.testing.assert_close(by_step.v[:, :, :, :30], by_forward.v[:, :, :, :30])
+
+
+@torch.inference_mode()
+def test_greedy_tokens_match_forward_to_the_end_of_the_context() -> None:
+    model = tiny_model(seed=3, context_len=32)
+    forward_cache, step_cache = KVCache(model.config, 1), KVCache(model.config, 1)
+    first = torch.tensor([[5]])
+    a = model(first, forward_cache)[:, -1].argmax(-1)
+    model(first, step_cache)
+    step = DecodeStep(model, step_cache)
+    b = a.clone()
+    for _ in range(31):
+        a = model(a[:, None], forward_cache)[:, -1].argmax(-1)
+        b = step(b).argmax(-1)
+        assert a.tolist() == b.tolist()
+
+
+@torch.inference_mode()
+def test_a_full_cache_is_refused() -> None:
+    model = tiny_model(context_len=8)
+    cache = KVCache(model.config, 1)
+    model(torch.zeros(1, 8, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="cache is full"):
+        DecodeStep(model, cache)(torch.zeros(1, dtype=torch.long))
+
+
+@torch.inference_mode()
+def test_a_bf16_model_decodes_in_bf16() -> None:
+    model = tiny_model().to(torch.bfloat16)
+    ids = torch.randint(0, 512, (2, 6))
+    a, b = (
+        KVCache(model.config, 2, dtype=torch.bfloat16),
+        KVCache(model.config, 2, dtype=torch.bfloat16),
+    )
+    model(ids[:, :5], a)
+    model(ids[:, :5], b)
+    logits = DecodeStep(model, b)(ids[:, 5])
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits, model(ids[:, 5:], a)[:, -1], atol=2e-2, rtol=2e-2)

@@ -1,0 +1,116 @@
+"""slm.data.text_files: decoding with counted replacement, line-ended pieces, binary detection."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slm.data.text_files import binary_reason, line_pieces, read_file_pieces
+
+# --------------------------------------------------------------------------- pieces
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.lists(st.text(alphabet="ab \n\r😀", max_size=40), max_size=8),
+    piece_chars=st.integers(1, 12),
+)
+def test_line_pieces_keep_the_text_and_cut_after_line_breaks(
+    texts: list[str], piece_chars: int
+) -> None:
+    pieces = list(line_pieces(texts, piece_chars))
+    assert "".join(pieces) == "".join(texts)
+    assert all(0 < len(p) <= piece_chars for p in pieces)
+    # A piece that ends elsewhere than after "\n" had no line break to cut at.
+    assert all(p.endswith("\n") or "\n" not in p for p in pieces[:-1])
+
+
+def test_line_pieces_cut_one_huge_text_in_linear_time() -> None:
+    text = ("x" * 99 + "\n") * 200_000  # 20 MB: quadratic re-slicing would take minutes
+    pieces = list(line_pieces([text], 1000))
+    assert len(pieces) == 20_000
+    assert pieces[0] == ("x" * 99 + "\n") * 10
+
+
+def test_pieces_encode_to_the_tokens_of_the_whole_text(
+    small_tokenizer_file: Path, make_corpus_text
+) -> None:
+    from slm.tokenizer.bpe import Tokenizer
+
+    tokenizer = Tokenizer.from_file(small_tokenizer_file)
+    text = make_corpus_text(5000, seed=7)
+    pieces = list(line_pieces([text], 300))
+    assert len(pieces) > 50
+    assert [i for p in pieces for i in tokenizer.encode(p)] == tokenizer.encode(text)
+
+
+def test_file_pieces_decode_characters_split_across_reads(tmp_path: Path) -> None:
+    text = "héllo 👋🏽 汉字\r\nwörld\t🧑‍🚀\n" * 50
+    path = tmp_path / "a.txt"
+    path.write_bytes(text.encode("utf-8"))
+    log: list[str] = []
+    pieces = list(read_file_pieces(path, log.append, piece_chars=7))  # reads end mid-character
+    assert "".join(pieces) == text
+    assert log == []
+
+
+def test_non_utf8_bytes_are_replaced_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("café naïve\n".encode("latin-1") + b"ok \xff\n")
+    log: list[str] = []
+    assert "".join(read_file_pieces(path, log.append)) == "caf\ufffd na\ufffdve\nok \ufffd\n"
+    assert len(log) == 1
+    assert "3 undecodable bytes" in log[0] and str(path) in log[0]
+
+
+def test_a_utf8_replacement_character_in_the_text_is_not_counted(tmp_path: Path) -> None:
+    path = tmp_path / "ok.txt"
+    path.write_text("already \ufffd here\n", encoding="utf-8")
+    log: list[str] = []
+    assert "".join(read_file_pieces(path, log.append)) == "already \ufffd here\n"
+    assert log == []
+
+
+def test_byte_order_mark_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbfhello\n")
+    assert "".join(read_file_pieces(path, lambda message: None)) == "hello\n"
+
+
+# --------------------------------------------------------------------------- binary files
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"PK\x03\x04\x00\x00zip", "NUL"),
+        (random.Random(0).randbytes(8192), "NUL"),
+        (bytes(random.Random(1).choice(range(128, 256)) for _ in range(4000)), "not text"),
+        ("text".encode("utf-16"), "UTF-16"),
+        (b"\x01\x02\x03\x04\x05\x06\x07\x08" * 100, "not text"),
+    ],
+)
+def test_binary_files_are_recognised(tmp_path: Path, data: bytes, reason: str) -> None:
+    path = tmp_path / "x.bin"
+    path.write_bytes(data)
+    assert reason in (binary_reason(path) or "")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"plain text\n",
+        "ünïcödé 汉字 😀\n".encode() * 500,
+        "Latin-1 prose, café crème brûlée.\n".encode("latin-1") * 200,
+        b"\x1b[31mcoloured log\x1b[0m\n\ttabbed\r\n\x0cform feed\n" * 100,
+        "é".encode() * 4095 + b"\xc3",  # the probe ends inside a character
+    ],
+)
+def test_text_files_are_not_called_binary(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "x.txt"
+    path.write_bytes(data)
+    assert binary_reason(path) is None
