@@ -15,6 +15,7 @@ PACKAGE = Path(slm.__file__).parent
 LAYERS = [
     {"errors"},
     {"fileio", "config", "device"},
+    {"chat_template"},
     {"model", "tokenizer"},
     {"checkpoint", "data"},
     {"evaluate", "generation"},

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from slm.chat_template import read_template
 from slm.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, check_model_folder, load_model
 from slm.config import ModelConfig, SampleConfig, sample_config
 from slm.device import resolve_device
@@ -82,6 +83,11 @@ class LoadedModel:
     @property
     def config(self) -> ModelConfig:
         return self.model.config
+
+    @functools.cached_property
+    def chat_template(self) -> str | None:
+        """The folder's chat template (HF Jinja form), or None for a base model."""
+        return read_template(self.folder) if self.folder else None
 
     @property
     def device(self) -> torch.device:
