@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from slm.chat_template import read_template
+from slm.chat_template import Message, read_template, render, transcript
 from slm.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, check_model_folder, load_model
 from slm.config import ModelConfig, SampleConfig, sample_config
 from slm.device import resolve_device
@@ -133,6 +133,53 @@ class LoadedModel:
         for piece in self.generation(prompt, **options):
             if piece.text:
                 yield piece.text
+
+    # ----------------------------------------------------------------- chat
+
+    def chat_prompt(self, messages: list[Message], max_new_tokens: int = 200) -> str:
+        """The conversation as prompt text, ready for the assistant's next turn.
+
+        A chat-tuned model gets its template (after `<|endoftext|>`, as in training); a base
+        model a plain "User: / Assistant:" transcript. The oldest turns are dropped, whole,
+        until the prompt leaves room for the reply (up to half the context); system messages
+        and the last message always stay.
+        """
+        room = self.config.context_len - min(max_new_tokens, self.config.context_len // 2)
+        system = [m for m in messages if m["role"] == "system"]
+        turns = [m for m in messages if m["role"] != "system"]
+        while True:
+            prompt = self._format_chat(system + turns)
+            if len(turns) <= 1 or len(self.tokenizer.encode(prompt)) <= room:
+                return prompt
+            turns = turns[1:]
+            while len(turns) > 1 and turns[0]["role"] != "user":  # a turn starts with the user
+                turns = turns[1:]
+
+    def _format_chat(self, messages: list[Message]) -> str:
+        if self.chat_template is None:
+            return transcript(messages)
+        return self.tokenizer.hf.id_to_token(self.tokenizer.eot_id) + render(
+            self.chat_template, messages
+        )
+
+    def chat_generation(
+        self, messages: list[Message], settings: SampleConfig | None = None, **options: Any
+    ) -> Generation:
+        """A lazy `Generation` of the assistant's next turn (it stops at `<|im_end|>`)."""
+        settings = sample_config(settings, **options)
+        prompt = self.chat_prompt(messages, settings.max_new_tokens)
+        if self.chat_template is None:  # a base model: stop where it would write the next turn
+            settings = sample_config(settings, stop=(*settings.stop, "\nUser:"))
+        return self.generation(prompt, settings)
+
+    def chat(self, messages: list[Message], **options: Any) -> str:
+        """The assistant's reply to `messages` ({"role", "content"} dicts) as one string."""
+        _one_sample(options, "chat")
+        generation = self.chat_generation(messages, **options)
+        for _ in generation:
+            pass
+        assert generation.result is not None
+        return generation.result.text.strip()
 
     # ----------------------------------------------------------------- scoring
 

@@ -136,6 +136,7 @@ class TrainConfig:
     threads: int = 0  # 0: as many as the cores available to this process
     wandb: bool = False
     tensorboard: bool = False
+    init_from: str = ""  # the model folder a fine-tune started from (set by --init-from)
 
     def __post_init__(self) -> None:
         _check_types(self)  # holds device, dtype and compile to their choices too
@@ -323,6 +324,12 @@ def _toml_loads(text: str) -> dict[str, Any]:
 
 def split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split one flat settings dict into (model fields, train fields)."""
+    unknown = [k for k in settings if k not in MODEL_FIELDS and k not in TRAIN_FIELDS]
+    if unknown:
+        raise _usage_error(
+            f"unknown setting {unknown[0]!r}",
+            hint=_did_you_mean(unknown[0], [*MODEL_FIELDS, *TRAIN_FIELDS]),
+        )
     model = {k: v for k, v in settings.items() if k in MODEL_FIELDS}
     train = {k: v for k, v in settings.items() if k in TRAIN_FIELDS}
     return model, train

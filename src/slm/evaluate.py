@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from slm.errors import EXIT_USAGE, SLMError
 from slm.fileio import read_json
-from slm.tokenizer.bpe import SPECIAL_TOKENS, Tokenizer
+from slm.tokenizer.bpe import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,8 @@ def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
     lengths = np.array(
         [len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)], dtype=np.int64
     )
-    for special in SPECIAL_TOKENS:
-        token_id = tokenizer.hf.token_to_id(special)
-        if token_id is not None:
-            lengths[token_id] = 0
+    for token_id in tokenizer.specials.values():
+        lengths[token_id] = 0
     return lengths
 
 
@@ -101,6 +99,15 @@ def plan_windows(n_tokens: int, context_len: int, stride: int | None = None) -> 
     return windows
 
 
+def conversation_windows(conversations: np.ndarray, context_len: int, count: int) -> list[Window]:
+    """One window per conversation that fits the context (at most `count`, spread evenly),
+    each scoring its own tokens: a chat model's evaluation sample."""
+    fits = conversations[conversations[:, 1] <= context_len + 1]
+    if len(fits) > count:
+        fits = fits[np.linspace(0, len(fits) - 1, count).round().astype(np.int64)]
+    return [Window(int(s), int(s) + int(n) - 1, int(s) + 1) for s, n, _ in fits if n >= 2]
+
+
 def sample_windows(n_tokens: int, context_len: int, count: int) -> list[Window]:
     """`count` full windows spread evenly over the tokens: a fixed, cheap evaluation sample."""
     length = min(context_len, n_tokens - 1)
@@ -120,14 +127,18 @@ def evaluate_windows(
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype = torch.float32,
     progress: Callable[[int], None] | None = None,
+    score_mask: np.ndarray | None = None,
 ) -> EvalResult:
-    """Sum the loss over the scored targets of each window, batching windows of one length."""
+    """Sum the loss over the scored targets of each window, batching windows of one length.
+
+    `score_mask` (a chat folder's loss mask) scores only the targets where it is 1.
+    """
     device = torch.device(device)
     was_training = model.training
     model.eval()
     loss_sum, n_tokens, n_bytes = 0.0, 0, 0
     for batch in _batches_of_equal_length(windows, batch_size):
-        x, y, keep = _stack(tokens, batch)
+        x, y, keep = _stack(tokens, batch, score_mask)
         with _autocast(device, autocast_dtype):
             logits = model(x.to(device))
         losses = F.cross_entropy(
@@ -259,7 +270,7 @@ def _batches_of_equal_length(windows: list[Window], batch_size: int) -> Iterator
 
 
 def _stack(
-    tokens: np.ndarray, windows: list[Window]
+    tokens: np.ndarray, windows: list[Window], score_mask: np.ndarray | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     length = windows[0].end - windows[0].start
     rows = np.stack([np.asarray(tokens[w.start : w.end + 1], dtype=np.int64) for w in windows])
@@ -267,8 +278,10 @@ def _stack(
     y = torch.from_numpy(rows[:, 1:].copy())
     target_index = np.array([w.start + 1 for w in windows])[:, None] + np.arange(length)[None, :]
     score_from = np.array([w.score_from for w in windows])[:, None]
-    keep = torch.from_numpy(target_index >= score_from)
-    return x, y, keep
+    keep = target_index >= score_from
+    if score_mask is not None:
+        keep &= np.asarray(score_mask)[target_index] == 1
+    return x, y, torch.from_numpy(keep)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):

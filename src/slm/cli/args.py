@@ -40,7 +40,10 @@ def add_prepare(sub: Any) -> argparse.ArgumentParser:
         "train.bin / val.bin token files plus meta.json into --out.\n\n"
         "SOURCES: text files, folders (recursive), JSONL files (one record per line with a\n"
         "text field), hf:NAME[:CONFIG][@SPLIT] or a folder saved by datasets' save_to_disk,\n"
-        "and `shakespeare` (the built-in corpus, the default when no source is given).",
+        "and `shakespeare` (the built-in corpus, the default when no source is given).\n\n"
+        "--chat: SOURCES are JSONL files of conversations, one per line:\n"
+        '  {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", ...}]}\n'
+        "rendered with the ChatML template; only the assistant's tokens carry loss.",
     )
     p.add_argument("sources", nargs="*", metavar="SOURCE", help="inputs (default: shakespeare)")
     p.add_argument("--out", required=True, help="output folder")
@@ -65,6 +68,15 @@ def add_prepare(sub: Any) -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="replace an existing prepared folder (other non-empty folders are never deleted)",
+    )
+    p.add_argument(
+        "--chat", action="store_true", help="SOURCES are JSONL conversations (chat fine-tuning)"
+    )
+    p.add_argument(
+        "--context-len",
+        type=int,
+        default=0,
+        help="with --chat: skip conversations longer than this many tokens (default: keep all)",
     )
     return p
 
@@ -93,6 +105,8 @@ _TRAIN_HELP = {
     "threads": "CPU threads (0: all available cores)",
     "wandb": "log metrics to Weights & Biases (if installed)",
     "tensorboard": "log metrics to TensorBoard (if installed)",
+    "init_from": "start from this model folder (fine-tuning): its shape, weights and tokenizer;"
+    " defaults become lr 3e-4, warmup 20, weight decay 0, 2 epochs",
 }
 
 

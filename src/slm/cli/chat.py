@@ -38,7 +38,8 @@ COMMANDS: dict[str, str] = {
 }
 
 HELP = """\
-Type a prompt and press Enter; the model continues it. Ctrl-C stops a generation,
+Type a prompt and press Enter; the model continues it (a chat-tuned model answers it,
+remembering the conversation: /reset forgets it). Ctrl-C stops a generation,
 Ctrl-D (or /quit) leaves.
   /temp 0.7       temperature (0: greedy)     /top-k 50     0: off
   /top-p 0.95     nucleus (1: off)            /min-p 0.05   0: off
@@ -173,7 +174,9 @@ def run_chat(
         _enable_line_editing()
         input_fn = input
     name = model.folder.name if model.folder else "model"
-    output.write(f"slm chat with {name}: type a prompt; /help for commands, Ctrl-D to quit\n")
+    kind = "a message" if model.chat_template else "a prompt"
+    output.write(f"slm chat with {name}: type {kind}; /help for commands, Ctrl-D to quit\n")
+    history: list[dict[str, str]] = []
     while True:
         try:
             line = input_fn("> ")
@@ -183,20 +186,43 @@ def run_chat(
         except KeyboardInterrupt:  # Ctrl-C at the prompt clears the line, as in a shell
             output.write("\n")
             continue
-        if line.startswith("/") and not line.startswith("//"):
+        if line.strip() in ("/reset", "/clear"):
+            history.clear()
+            output.write("conversation cleared\n")
+        elif line.startswith("/") and not line.startswith("//"):
             result = parse_command(line, settings)
             if result.quit:
                 return 0
             settings = result.settings
             if result.message:
                 output.write(result.message + "\n")
+        elif line.strip() and model.chat_template:
+            history.append({"role": "user", "content": line.removeprefix("/")})
+            reply = _respond(model, history, settings, output)
+            history.append({"role": "assistant", "content": reply.strip()})
         elif line.strip():
             _respond(model, line.removeprefix("/"), settings, output)  # "//x" sends "/x"
 
 
-def _respond(model: LoadedModel, prompt: str, settings: SampleConfig, output: TextIO) -> None:
-    generation = model.generation(prompt, settings)
+def _respond(
+    model: LoadedModel, prompt: str | list[dict[str, str]], settings: SampleConfig, output: TextIO
+) -> str:
+    """Stream the continuation of a prompt, or a chat model's reply to the conversation;
+    returns the (first sample's) text."""
+    if isinstance(prompt, str):
+        generation = model.generation(prompt, settings)
+    else:
+        generation = model.chat_generation(prompt, settings)
+    texts: list[str] = []
+
+    def keep_first(pieces: Iterable[Piece]) -> Iterable[Piece]:
+        for piece in pieces:
+            if piece.sample == 0:
+                texts.append(piece.text)
+            yield piece
+
     try:
-        write_samples(generation, output, settings.num_samples)
+        write_samples(keep_first(generation), output, settings.num_samples)
     except KeyboardInterrupt:
         output.write("\n[stopped]\n")
+    return "".join(texts)

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
+    if args.chat:
+        return _prepare_chat(args)
     from slm.data.prepare import prepare
 
     summary = prepare(
@@ -85,6 +87,24 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         seed=args.seed,
         glob=args.glob,
         text_field=args.text_field,
+        force=args.force,
+        log=_log,
+    )
+    print(summary.format())
+    return 0
+
+
+def _prepare_chat(args: argparse.Namespace) -> int:
+    from slm.data.chat import prepare_chat
+
+    summary = prepare_chat(
+        args.sources,
+        args.out,
+        tokenizer_path=args.tokenizer,
+        vocab_size=args.vocab_size,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        context_len=args.context_len,
         force=args.force,
         log=_log,
     )
@@ -108,6 +128,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config_file=args.config,
         preset=args.preset,
         vocab_size=args.vocab_size,
+        init_from=overrides.pop("init_from", None),
         overrides=overrides,
     )
     result = train(request, log=_log, progress=TerminalProgress(_log))

@@ -7,6 +7,8 @@
 - `splits`: which documents go to validation, and where a single document is cut.
 - `prepare`: `prepare()`, the whole of `slm prepare` (tokenizer, token files, meta.json).
 - `summary`: the counts `slm prepare` reports.
+- `chat`: `slm prepare --chat`: conversations -> tokens, a loss mask for the assistant's
+  tokens, and where each conversation starts.
 - `prepared`: reading a prepared folder back (`load_prepared`) and random training batches
-  (`BatchSampler`).
+  (`BatchSampler`; `ChatBatchSampler` for conversations).
 """

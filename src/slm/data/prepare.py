@@ -79,10 +79,10 @@ def prepare(
     out = Path(out)
     sources = list(sources) or ["shakespeare"]
     _check_options(vocab_size, tokenizer_path, val_fraction)
-    _check_out(out, force)
+    check_out(out, force)
     given = Tokenizer.from_file(tokenizer_path) if tokenizer_path else None
     resolved = resolve_sources(sources, glob=glob, text_field=text_field, log=log)
-    with _staging_folder(out) as staging:
+    with staging_folder(out) as staging:
         # 1. Count documents (the split needs the count) while training the tokenizer.
         start = time.perf_counter()
         tokenizer, count = _first_pass(resolved, given, vocab_size, log, progress)
@@ -103,7 +103,7 @@ def prepare(
         tokenizer.save(staging / TOKENIZER_FILE)
         meta = _meta(tokenizer, dtype, resolved, seed, val_fraction, writer.stats)
         write_json(staging / META_FILE, meta)
-        _replace_folder(staging, out)
+        replace_folder(staging, out)
     return PrepareSummary(
         out=out,
         sources=sources,
@@ -136,7 +136,7 @@ def _check_options(vocab_size: int, tokenizer_path: str | None, val_fraction: fl
         )
 
 
-def _check_out(out: Path, force: bool) -> None:
+def check_out(out: Path, force: bool) -> None:
     """Refuse to overwrite, and with --force refuse to delete anything but prepared data."""
     if not out.exists():
         return
@@ -155,7 +155,7 @@ def _check_out(out: Path, force: bool) -> None:
 
 
 @contextlib.contextmanager
-def _staging_folder(out: Path) -> Iterator[Path]:
+def staging_folder(out: Path) -> Iterator[Path]:
     """A hidden sibling of `out` to write into; removed if anything fails."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -169,7 +169,7 @@ def _staging_folder(out: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _replace_folder(staging: Path, out: Path) -> None:
+def replace_folder(staging: Path, out: Path) -> None:
     """Move the finished folder into place; an old one goes only once the new one is whole."""
     old = None
     if out.exists():

@@ -60,6 +60,25 @@ class PreparedData:
     def vocab_size(self) -> int:
         return int(self.meta["vocab_size"])
 
+    @property
+    def is_chat(self) -> bool:
+        """Conversations with a loss mask (`slm prepare --chat`), not plain documents."""
+        return self.meta.get("kind") == "chat"
+
+    def mask(self, split: Split) -> np.ndarray:
+        """A chat folder's loss mask: 1 where a token is the assistant's to learn."""
+        path = self.folder / f"{split}.mask"
+        if not path.is_file() or path.stat().st_size == 0:
+            return np.empty(0, np.uint8)
+        return np.memmap(path, dtype=np.uint8, mode="r")
+
+    def conversations(self, split: Split) -> np.ndarray:
+        """A chat folder's (start, length, line) rows, one per conversation."""
+        path = self.folder / f"{split}.chat.npy"
+        if not path.is_file():
+            raise SLMError(f"{path} is missing", hint=f"the folder is damaged; {PREPARE_HINT}")
+        return np.load(path, allow_pickle=False)
+
     def tokens(self, split: Split) -> np.ndarray:
         path = self.folder / f"{split}.bin"
         dtype = np.dtype(self.meta["dtype"])
@@ -129,6 +148,60 @@ class BatchSampler:
         windows = np.stack([self.tokens[s : s + self.context_len + 1] for s in starts])
         block = torch.from_numpy(windows.astype(np.int64))  # (B, T+1)
         return block[:, :-1].contiguous(), block[:, 1:].contiguous()
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class ChatBatchSampler:
+    """Random (B, T) windows that each start at a conversation, with non-assistant targets
+    set to -100 (what `cross_entropy` ignores) so only the assistant's tokens carry loss.
+
+    Starting at a conversation keeps it whole in the window (conversations longer than the
+    context are left out); what follows it in the window is the next conversations, packed,
+    each seen from its own start. Windows that run past the end are padded without loss.
+    """
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        mask: np.ndarray,
+        conversations: np.ndarray,
+        batch_size: int,
+        context_len: int,
+        seed: int,
+    ):
+        import torch
+
+        fits = conversations[conversations[:, 1] <= context_len + 1]
+        if len(fits) == 0:
+            raise SLMError(
+                f"no conversation fits the context of {context_len} tokens",
+                hint="prepare with a larger model context, or shorter conversations",
+            )
+        self.skipped = len(conversations) - len(fits)
+        self.starts = fits[:, 0]
+        self.tokens, self.mask = tokens, mask
+        self.batch_size, self.context_len = batch_size, context_len
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        picks = torch.randint(len(self.starts), (self.batch_size,), generator=self.generator)
+        span = self.context_len + 1
+        ids = np.zeros((self.batch_size, span), np.int64)
+        learn = np.zeros((self.batch_size, span), bool)
+        for row, pick in enumerate(picks.tolist()):
+            start = int(self.starts[pick])
+            window = self.tokens[start : start + span]
+            ids[row, : len(window)] = window
+            learn[row, : len(window)] = self.mask[start : start + span] == 1
+        targets = np.where(learn[:, 1:], ids[:, 1:], -100)
+        return torch.from_numpy(ids[:, :-1].copy()), torch.from_numpy(targets)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -241,7 +241,7 @@ class Generation:
         started = time.perf_counter()
         ids = tokenizer.encode(self.prompt) or [tokenizer.eot_id]
         ids = crop_prompt(ids, self.model.config.context_len, self.warn)
-        banned = [tokenizer.pad_id] + ([tokenizer.eot_id] if settings.ignore_eot else [])
+        banned = [tokenizer.pad_id] + (sorted(tokenizer.end_ids) if settings.ignore_eot else [])
         decoder = _Decoder(
             self.model,
             ids,
@@ -278,7 +278,7 @@ class Generation:
         )
 
     def _advance(self, sample: SampleText, token: int) -> str:
-        if token == self.tokenizer.eot_id:
+        if token in self.tokenizer.end_ids:
             sample.tokens.append(token)
             return sample.close("stop")
         text = sample.push(token)

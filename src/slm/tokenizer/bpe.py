@@ -5,8 +5,10 @@ string is first seen as UTF-8 bytes, so any text (emoji, CJK, NUL, CRLF) encodes
 unknown token and `decode(encode(s)) == s` exactly. There is no normalizer for the same
 reason. Lone surrogates (U+D800..U+DFFF) are the one exception: they have no UTF-8 form, so
 each is encoded as U+FFFD (surrogateescape makes them of undecodable bytes in stdin or argv).
-Two special tokens only: `<|endoftext|>` separates documents and ends generation, `<|pad|>`
-pads batches.
+Two special tokens always: `<|endoftext|>` separates documents and ends generation, `<|pad|>`
+pads batches. A chat-tuned model's tokenizer adds two more, `<|im_start|>` and `<|im_end|>`
+(`slm.chat_template`), appended after the base vocabulary by `with_chat_tokens` so that every
+id a base model knows keeps its meaning; `<|im_end|>` then ends generation too.
 
 Encoding goes through `pieces.PieceEncoder`, which splits text in Python and asks HF only
 about pieces it has not seen, with the same ids as HF's own encode (tested); big batches are
@@ -27,6 +29,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from slm.chat_template import CHAT_TOKENS, IM_END
 from slm.errors import SLMError
 from slm.fileio import atomic_path
 from slm.tokenizer.encode_pool import EncodePool, can_fork, usable_cores
@@ -103,8 +106,12 @@ def _splits_like_slm(hf: HFTokenizer) -> bool:
         and not pre.add_prefix_space
         and isinstance(hf.model, models.BPE)
         and hf.model.dropout is None
-        and {t.content for t in hf.get_added_tokens_decoder().values()} == set(SPECIAL_TOKENS)
+        and set(SPECIAL_TOKENS) <= _added_tokens(hf) <= {*SPECIAL_TOKENS, *CHAT_TOKENS}
     )
+
+
+def _added_tokens(hf: HFTokenizer) -> set[str]:
+    return {t.content for t in hf.get_added_tokens_decoder().values()}
 
 
 class Tokenizer:
@@ -121,12 +128,18 @@ class Tokenizer:
             )
         self.eot_id: int = eot
         self.pad_id: int = pad
+        self.specials = {token: hf.token_to_id(token) for token in _added_tokens(hf)}
+        im_end = self.specials.get(IM_END)
+        # Generation ends at the end of a document, or of an assistant's turn in a chat model.
+        self.end_ids: frozenset[int] = frozenset(
+            {eot} | ({im_end} if im_end is not None else set())
+        )
         self._token_bytes: list[bytes] | None = None
         self._pieces: PieceEncoder | None = None
         self._pool: EncodePool | None = None
         if _splits_like_slm(hf):
             self._pieces = PieceEncoder(
-                functools.partial(_bpe_pieces, hf.model), {EOT: eot, PAD: pad}
+                functools.partial(_bpe_pieces, hf.model), dict(self.specials)
             )
             if can_fork():  # no process starts until a batch is big enough to want one
                 self._pool = EncodePool(self._pieces.encode_batch, usable_cores())
@@ -164,6 +177,34 @@ class Tokenizer:
         except Exception as exc:  # tokenizers raises a bare Exception for bad JSON
             raise SLMError(f"tokenizer file is corrupt: {path} ({exc})") from exc
         return cls(hf)
+
+    def with_chat_tokens(self) -> Tokenizer:
+        """This tokenizer plus the chat template's special tokens, appended after its
+        vocabulary (itself if it has them already); every existing id is unchanged."""
+        if all(token in self.specials for token in CHAT_TOKENS):
+            return self
+        hf = HFTokenizer.from_str(self.hf.to_str())
+        hf.add_special_tokens([t for t in CHAT_TOKENS if t not in self.specials])
+        return Tokenizer(hf)
+
+    def same_base(self, other: Tokenizer) -> bool:
+        """True if `other` gives every text this tokenizer's ids, up to chat tokens: the same
+        BPE model and the same special-token ids, and no added token beyond the chat ones."""
+        import json
+
+        ours, theirs = json.loads(self.hf.to_str()), json.loads(other.hf.to_str())
+        extra = set(other.specials) - set(self.specials)
+        return (
+            ours["model"] == theirs["model"]
+            and ours["pre_tokenizer"] == theirs["pre_tokenizer"]
+            and ours["normalizer"] == theirs["normalizer"]
+            and all(other.specials.get(k) == v for k, v in self.specials.items())
+            and extra <= set(CHAT_TOKENS)
+        )
+
+    @property
+    def has_chat_tokens(self) -> bool:
+        return all(token in self.specials for token in CHAT_TOKENS)
 
     def save(self, path: str | os.PathLike) -> None:
         with atomic_path(path) as tmp:
@@ -216,7 +257,7 @@ class Tokenizer:
     def _build_token_bytes(self) -> list[bytes]:
         to_byte = {ch: b for b, ch in byte_to_unicode().items()}
         table: list[bytes] = [b""] * self.vocab_size
-        specials = set(SPECIAL_TOKENS)
+        specials = set(self.specials)
         for token, idx in self.hf.get_vocab().items():
             if token in specials:
                 table[idx] = token.encode("utf-8")

@@ -6,6 +6,7 @@
   cosine decay), as pure functions.
 - `optimizer`: AdamW and its parameter groups, the loss, `torch.compile`.
 - `run_folder`: choosing the run folder, recording its data, resume checks.
+- `finetune`: `--init-from`: the source model, fine-tune defaults, growing the vocabulary.
 - `metrics`: `metrics.jsonl` and `loss.png`.
 - `progress`: what the loop reports while it runs (`TrainProgress`).
 - `stop`: Ctrl-C as a request to stop after the step in flight.

@@ -33,12 +33,25 @@ from slm.config import (
     preset,
     split_settings,
 )
-from slm.data.prepared import BatchSampler, PreparedData
+from slm.data.prepared import BatchSampler, ChatBatchSampler, PreparedData
 from slm.device import choose_dtype, resolve_device, set_threads
-from slm.errors import SLMError
-from slm.evaluate import EvalResult, evaluate_windows, sample_windows, token_byte_lengths
+from slm.errors import EXIT_USAGE, SLMError
+from slm.evaluate import (
+    EvalResult,
+    conversation_windows,
+    evaluate_windows,
+    sample_windows,
+    token_byte_lengths,
+)
 from slm.model import GPT, count_parameters
 from slm.tokenizer.bpe import Tokenizer
+from slm.training.finetune import (
+    check_same_tokens,
+    finetune_settings,
+    grow_vocab,
+    load_source,
+    refuse_shape_changes,
+)
 from slm.training.metrics import PLOT_FILE, MetricsLog, plot_losses
 from slm.training.optimizer import make_loss_fn, make_optimizer, want_compile
 from slm.training.progress import Log, TrainProgress, quiet
@@ -67,6 +80,7 @@ class TrainRequest:
     config_file: str | None = None
     preset: str | None = None
     vocab_size: int | None = None
+    init_from: str | None = None  # a model folder to start from (fine-tuning)
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,23 +98,33 @@ class TrainResult:
 
 
 def resolve_settings(
-    request: TrainRequest, vocab_size: int | None
+    request: TrainRequest, vocab_size: int | None, base: ModelConfig | None = None
 ) -> tuple[ModelConfig, TrainConfig]:
     """defaults < preset < --config file < flags; the model's vocab comes from the tokenizer.
 
     `vocab_size=None` keeps the preset's (before the data, and so the tokenizer, exists).
+    With `base` (a fine-tune's source model) the shape is the source's and the train
+    defaults are a fine-tune's (`slm.training.finetune`).
     """
     file_settings = load_config_file(request.config_file) if request.config_file else {}
     name = request.preset or file_settings.pop("preset", None) or DEFAULT_PRESET
     file_settings.pop("preset", None)
-    model_settings = preset(name)
     file_model, file_train = split_settings(file_settings)
     flag_model, flag_train = split_settings(request.overrides)
-    model_settings.update(file_model)
-    model_settings.update(flag_model)
-    if vocab_size is not None:
-        model_settings["vocab_size"] = vocab_size
     train_settings = {**file_train, **flag_train}
+    if base is not None:
+        refuse_shape_changes({**file_model, **flag_model}, base)
+        model_settings = base.to_dict()
+        train_settings = finetune_settings(train_settings, _has_budget(train_settings))
+        train_settings["init_from"] = request.init_from
+    else:
+        model_settings = preset(name)
+        model_settings.update(file_model)
+        model_settings.update(flag_model)
+    if vocab_size is not None:
+        # A fine-tune keeps a source vocabulary larger than its tokenizer's (unused rows).
+        floor = model_settings["vocab_size"] if base is not None else 0
+        model_settings["vocab_size"] = max(vocab_size, floor)
     model_cfg = ModelConfig.from_dict(model_settings, source="settings")
     train_cfg = TrainConfig.from_dict(train_settings, source="settings")
     if not train_cfg.has_budget:
@@ -127,7 +151,13 @@ def train(
         run.metrics.close()
 
 
+def _has_budget(train_settings: dict[str, Any]) -> bool:
+    return any(train_settings.get(k) for k in ("max_steps", "max_tokens", "max_time", "epochs"))
+
+
 def _new_run(request: TrainRequest, log: Log) -> Run:
+    if request.init_from:
+        return _finetune_run(request, log)
     # 1. Check settings and the device before any slow work or any file is written. Data
     #    prepared here gets the preset's vocabulary unless --vocab-size says otherwise.
     draft_model, draft_train = resolve_settings(request, vocab_size=None)
@@ -139,6 +169,38 @@ def _new_run(request: TrainRequest, log: Log) -> Run:
     fill_run_dir(run_dir, data, model_cfg, train_cfg)
     torch.manual_seed(train_cfg.seed)
     model = GPT(model_cfg)
+    return Run(run_dir, data, model, train_cfg, log, state=None)
+
+
+def _finetune_run(request: TrainRequest, log: Log) -> Run:
+    # 1. The source model first: its shape and tokenizer decide everything else.
+    if request.preset or request.vocab_size:
+        raise SLMError(
+            "--init-from takes the model's preset and tokenizer; drop --preset/--vocab-size",
+            exit_code=EXIT_USAGE,
+        )
+    assert request.init_from is not None
+    model, source_tokenizer, source = load_source(request.init_from)
+    _, draft_train = resolve_settings(request, vocab_size=None, base=model.config)
+    resolve_device(draft_train.device)
+    run_dir = new_run_dir(request.out, "finetune")
+    # 2. The new text in the source's tokens (a chat folder may add the two chat tokens).
+    tokenizer_file = Path(source["folder"]) / checkpoint.TOKENIZER_FILE
+    data = resolve_data(request.data, run_dir, model.config.vocab_size, log, str(tokenizer_file))
+    check_same_tokens(source_tokenizer, Tokenizer.from_file(data.tokenizer_path), data.folder)
+    if data.vocab_size > model.config.vocab_size:
+        log(
+            f"growing the vocabulary from {model.config.vocab_size} to {data.vocab_size} "
+            "(the chat tokens; new rows start as the mean embedding)"
+        )
+        model = grow_vocab(model, data.vocab_size)
+    model_cfg, train_cfg = resolve_settings(request, data.vocab_size, base=model.config)
+    fill_run_dir(run_dir, data, model_cfg, train_cfg, init_from=source)
+    log(
+        f"fine-tuning {source['folder']}"
+        + (f" (val {source['val_bpb']:.4f} bits/byte)" if source["val_bpb"] else "")
+    )
+    torch.manual_seed(train_cfg.seed)
     return Run(run_dir, data, model, train_cfg, log, state=None)
 
 
@@ -180,9 +242,7 @@ class Run:
         self.train_tokens = data.tokens("train")
         self.val_tokens = data.tokens("val")
         self.budget = plan_budget(cfg, self.model_cfg, len(self.train_tokens))
-        self.sampler = BatchSampler(
-            self.train_tokens, cfg.batch_size, self.model_cfg.context_len, cfg.seed
-        )
+        self.sampler = self._sampler(data, cfg)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         self.loss_fn = make_loss_fn(
             self.model,
@@ -193,20 +253,43 @@ class Run:
         )
         self.tokenizer = Tokenizer.from_file(run_dir / checkpoint.TOKENIZER_FILE)
         self.byte_lengths = token_byte_lengths(self.tokenizer)
-        self.eval_windows = sample_windows(
-            len(self.val_tokens),
-            self.model_cfg.context_len,
-            max(1, cfg.eval_tokens // self.model_cfg.context_len),
-        )
+        n_windows = max(1, cfg.eval_tokens // self.model_cfg.context_len)
+        if data.is_chat:  # each val conversation in a window of its own, the assistant scored
+            self.eval_windows = conversation_windows(
+                data.conversations("val"), self.model_cfg.context_len, 4 * n_windows
+            )
+            self.score_mask: Any = data.mask("val")
+        else:
+            self.eval_windows = sample_windows(
+                len(self.val_tokens), self.model_cfg.context_len, n_windows
+            )
+            self.score_mask = None
         self.metrics = MetricsLog(
             run_dir, cfg.wandb, cfg.tensorboard, {**cfg.to_dict(), **self.model_cfg.to_dict()}
         )
         self.progress = TrainProgress(log)
         self.step, self.tokens, self.elapsed_s = 0, 0, 0.0
+        self.startup_s = 0.0  # time to the end of the first step (compilation): not training
         self.last_val: EvalResult | None = None
         if state is not None:
             self._load_state(state)
             self.metrics.truncate_after(self.step)
+
+    def _sampler(self, data: PreparedData, cfg: TrainConfig) -> Any:
+        context_len = self.model_cfg.context_len
+        if not data.is_chat:
+            return BatchSampler(self.train_tokens, cfg.batch_size, context_len, cfg.seed)
+        sampler = ChatBatchSampler(
+            self.train_tokens,
+            data.mask("train"),
+            data.conversations("train"),
+            cfg.batch_size,
+            context_len,
+            cfg.seed,
+        )
+        if sampler.skipped:
+            self.log(f"warning: {sampler.skipped} conversations longer than the context skipped")
+        return sampler
 
     # ------------------------------------------------------------------ loop
 
@@ -245,12 +328,14 @@ class Run:
         start = time.perf_counter() - self.elapsed_s
         while not self.budget.done(self.step, self.elapsed_s):
             t0 = time.perf_counter()
-            progress = self.budget.progress(self.step, self.elapsed_s)
+            progress = self.budget.progress(self.step, self.elapsed_s, self.startup_s)
             lr = lr_at(self.step, progress, self.cfg, self.budget.warmup_steps)
             loss = self.train_step(lr)
             self.step += 1
             self.tokens += self.budget.tokens_per_step
             self.elapsed_s = time.perf_counter() - start
+            if self.step == 1:
+                self.startup_s = self.elapsed_s
             tokens_per_s = self.budget.tokens_per_step / max(time.perf_counter() - t0, 1e-9)
             record = {
                 "step": self.step,
@@ -321,6 +406,7 @@ class Run:
             self.cfg.batch_size,
             self.device,
             self.dtype,
+            score_mask=self.score_mask,
         )
         self.last_val = result
         line = f"step {self.step}: val loss {result.loss:.4f}, {result.bpb:.4f} bits/byte"
@@ -355,6 +441,7 @@ class Run:
             "step": self.step,
             "tokens": self.tokens,
             "elapsed_s": self.elapsed_s,
+            "startup_s": self.startup_s,
             "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -365,6 +452,7 @@ class Run:
         if state.get("format_version", 0) > STATE_FORMAT_VERSION:
             raise SLMError(f"{self.run_dir}: train state is from a newer slm", hint="upgrade slm")
         self.step, self.tokens, self.elapsed_s = state["step"], state["tokens"], state["elapsed_s"]
+        self.startup_s = state.get("startup_s", 0.0)
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from slm import checkpoint
+from slm.chat_template import CHAT_TEMPLATE_FILE
 from slm.config import DEFAULT_PRESET, ModelConfig, TrainConfig
 from slm.data.prepare import prepare
 from slm.data.prepared import PreparedData, is_prepared, load_prepared
@@ -77,29 +78,47 @@ def _failed_start(run_dir: Path) -> bool:
 
 
 def resolve_data(
-    sources: list[str], run_dir: Path, vocab_size: int, log: Callable[[str], None]
+    sources: list[str],
+    run_dir: Path,
+    vocab_size: int,
+    log: Callable[[str], None],
+    tokenizer_path: str | None = None,
 ) -> PreparedData:
-    """A prepared folder is used as is; anything else is prepared into the run folder."""
+    """A prepared folder is used as is; anything else is prepared into the run folder
+    (with `tokenizer_path`, a fine-tune's source tokenizer, instead of a new one)."""
     if len(sources) == 1 and is_prepared(sources[0]):
         return load_prepared(sources[0])
     what = ", ".join(sources) if sources else "the built-in Shakespeare corpus"
     log(f"preparing {what} into {run_dir / 'data'}")
-    summary = prepare(sources, run_dir / "data", vocab_size=vocab_size, log=log)
+    summary = prepare(
+        sources, run_dir / "data", vocab_size=vocab_size, tokenizer_path=tokenizer_path, log=log
+    )
     log(summary.format())
     return load_prepared(run_dir / "data")
 
 
 def fill_run_dir(
-    run_dir: Path, data: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig
+    run_dir: Path,
+    data: PreparedData,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    init_from: dict[str, Any] | None = None,
 ) -> None:
-    """What a new run folder holds before its first checkpoint: the tokenizer and data
-    statistics (a run folder is a model folder), both configs and the run record."""
+    """What a new run folder holds before its first checkpoint: the tokenizer, the chat
+    template of chat data, data statistics (a run folder is a model folder), both configs
+    and the run record (with the source model of a fine-tune)."""
     if data.tokenizer_path.resolve() != (run_dir / checkpoint.TOKENIZER_FILE).resolve():
         shutil.copyfile(data.tokenizer_path, run_dir / checkpoint.TOKENIZER_FILE)
         shutil.copyfile(data.folder / checkpoint.META_FILE, run_dir / checkpoint.META_FILE)
+    template = data.folder / CHAT_TEMPLATE_FILE
+    if template.is_file() and template.resolve() != (run_dir / CHAT_TEMPLATE_FILE).resolve():
+        shutil.copyfile(template, run_dir / CHAT_TEMPLATE_FILE)
     checkpoint.save_config(run_dir, model_cfg)
     write_json(run_dir / checkpoint.TRAIN_CONFIG_FILE, train_cfg.to_dict())
-    write_json(run_dir / RUN_FILE, _run_record(data))
+    record = _run_record(data)
+    if init_from:
+        record["init_from"] = init_from
+    write_json(run_dir / RUN_FILE, record)
 
 
 def _run_record(data: PreparedData) -> dict[str, Any]:

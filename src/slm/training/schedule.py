@@ -44,13 +44,21 @@ class Budget:
     tokens_per_step: int
     warmup_steps: int
 
-    def progress(self, step: int, elapsed_s: float) -> float:
+    def progress(self, step: int, elapsed_s: float, startup_s: float = 0.0) -> float:
+        """The share of the budget spent. A time budget counts from `startup_s`, when steps
+        began to flow: the first step's compilation (15-50 s on a CPU) is not training, and
+        a schedule that counted it would skip its warmup and decay too early."""
         by_steps = step / self.total_steps if self.total_steps else 0.0
-        by_time = elapsed_s / self.max_time_s if self.max_time_s else 0.0
+        by_time = 0.0
+        if self.max_time_s:
+            startup_s = min(startup_s, 0.9 * self.max_time_s)  # a budget all startup: plain time
+            by_time = max(0.0, elapsed_s - startup_s) / (self.max_time_s - startup_s)
         return max(by_steps, by_time)
 
     def done(self, step: int, elapsed_s: float) -> bool:
-        return self.progress(step, elapsed_s) >= 1.0
+        """Steps, or the whole wall-clock budget (startup included), are spent."""
+        by_steps = self.total_steps and step >= self.total_steps
+        return bool(by_steps or (self.max_time_s and elapsed_s >= self.max_time_s))
 
 
 def plan_budget(cfg: TrainConfig, model: ModelConfig, train_tokens: int) -> Budget:
