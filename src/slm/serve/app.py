@@ -1,0 +1,437 @@
+"""The HTTP server: `create_app(model)` -> a FastAPI app with OpenAI's endpoints and the page.
+
+Routes: `GET /` (the playground, `playground.html`), `GET /health`, `GET /card` (the model
+card), `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (both stream
+with `"stream": true` as server-sent events ending in `data: [DONE]`). Shapes are
+`protocol.py`'s; decoding is the engine's (`engine.py`), on its own thread: the event loop
+only validates, submits, and relays events, so it never waits on torch.
+
+Safety: the CLI binds to 127.0.0.1 unless told otherwise; with an API key every `/v1/` route
+and `/card` answer 401 without `Authorization: Bearer KEY`; bodies, `max_tokens`, `n` and
+the queue are bounded; every error is an OpenAI error body (`{"error": {...}}`), and an
+unexpected one is a 500 that says only "internal error" (the traceback goes to the log).
+
+    app = create_app(slm.load("runs/NAME"), api_key="secret")
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from slm.errors import SLMError
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from pydantic import ValidationError
+    from starlette.exceptions import HTTPException
+except ImportError as _missing:  # the optional extra: one clear line, not a traceback
+    raise SLMError(
+        f"slm serve needs FastAPI and uvicorn ({_missing.name} is missing)",
+        hint="pip install 'slm[serve]'",
+    ) from _missing
+
+from slm.api import LoadedModel
+from slm.chat_template import IM_END, render, transcript
+from slm.config import SampleConfig
+from slm.serve import protocol
+from slm.serve.card import model_card
+from slm.serve.engine import DEFAULT_MAX_BATCH, Busy, Engine, Failed, Finished
+from slm.serve.engine import Request as EngineRequest
+
+log = logging.getLogger("slm.serve")
+
+DISCONNECT_POLL_S = 0.25  # how often a request waiting on tokens checks its client is there
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for."""
+
+    max_body_bytes: int = 1_000_000  # ~250k tokens of prompt: far past any context here
+    max_tokens: int = 4096
+    max_n: int = 16
+    default_chat_tokens: int = 256  # OpenAI's chat default is "until done"; past the context
+    # the window slides forever, so slm stops at this many unless max_tokens says otherwise
+
+
+def create_app(
+    model: LoadedModel,
+    api_key: str | None = None,
+    name: str | None = None,
+    limits: Limits | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    engine: Engine | None = None,
+) -> Any:
+    """The FastAPI app serving `model`; its engine starts and stops with the app's lifespan.
+
+    `app.state.engine` is the engine (its `stats` tell how requests were batched).
+    """
+    name = name or (model.folder.name if model.folder else "slm")
+    limits = limits or Limits()
+    engine = engine or Engine(model, max_batch=max_batch)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        yield
+        engine.close()
+
+    app = FastAPI(title=f"slm: {name}", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.engine = engine
+    server = _Server(model, engine, name, limits, api_key)
+    _add_error_handlers(app)
+    _add_body_limit(app, limits.max_body_bytes)
+    app.add_api_route("/", server.page, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/health", server.health, methods=["GET"])
+    app.add_api_route("/card", server.card, methods=["GET"])
+    app.add_api_route("/v1/models", server.models, methods=["GET"])
+    app.add_api_route("/v1/completions", server.completions, methods=["POST"])
+    app.add_api_route("/v1/chat/completions", server.chat, methods=["POST"])
+    return app
+
+
+def run_server(app: FastAPI, host: str, port: int) -> None:
+    """Serve `app` with uvicorn until Ctrl-C (which uvicorn turns into a clean shutdown)."""
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise SLMError("slm serve needs uvicorn", hint="pip install 'slm[serve]'") from exc
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class APIError(Exception):
+    """An error answered with an OpenAI error body."""
+
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None
+    ):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def _add_error_handlers(app: Any) -> None:
+    def answer(status: int, message: str, kind: str, param=None, code=None) -> JSONResponse:
+        return JSONResponse(protocol.error_body(message, kind, param, code), status_code=status)
+
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        kind = {401: "authentication_error", 503: "server_error"}.get(
+            exc.status, "invalid_request_error"
+        )
+        return answer(exc.status, exc.message, kind, exc.param, exc.code)
+
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        where = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(where) or None
+        message = f"{param}: {first.get('msg')}" if param else str(first.get("msg", "invalid"))
+        status = 400 if first.get("type") == "json_invalid" else 422
+        return answer(status, message, "invalid_request_error", param)
+
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return answer(exc.status_code, str(exc.detail), "invalid_request_error")
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error serving %s", request.url.path)
+        return answer(500, "internal error (see the server's log)", "server_error")
+
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def _add_body_limit(app: Any, max_bytes: int) -> None:
+    """Refuse a body over `max_bytes` from its Content-Length, before it is read (413); a
+    body without a length (chunked) is refused too (411): the limit could not be checked."""
+
+    @app.middleware("http")
+    async def limit(request: Request, call_next: Any) -> Any:
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None:
+                message = "a request body needs a Content-Length header"
+                return JSONResponse(protocol.error_body(message), status_code=411)
+            if not length.isdigit() or int(length) > max_bytes:
+                message = f"the request body is over the limit of {max_bytes:,} bytes"
+                return JSONResponse(
+                    protocol.error_body(message, code="body_too_large"), status_code=413
+                )
+        return await call_next(request)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+class _Server:
+    """The routes' shared state: the model, its engine, the limits, the key."""
+
+    def __init__(
+        self, model: LoadedModel, engine: Engine, name: str, limits: Limits, api_key: str | None
+    ):
+        self.model, self.engine, self.name, self.limits = model, engine, name, limits
+        self.api_key = api_key
+        self.is_chat_model = model.chat_template is not None
+        self.model_card = model_card(model, name)
+
+    def check_key(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        expected = f"Bearer {self.api_key}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise APIError(401, "invalid or missing API key", code="invalid_api_key")
+
+    async def page(self) -> Any:
+        html = resources.files("slm.serve").joinpath("playground.html").read_text("utf-8")
+        return HTMLResponse(html)
+
+    async def health(self) -> dict:
+        stats = self.engine.stats
+        return {
+            "status": "ok",
+            "model": self.name,
+            "active": self.engine.active,
+            "waiting": self.engine.waiting,
+            "finished": stats.finished,
+            "cancelled": stats.cancelled,
+            "peak_requests_per_step": stats.peak_requests,
+        }
+
+    async def card(self, request: Request) -> dict:  # `request` untyped: see `completions`
+        self.check_key(request)
+        return self.model_card
+
+    async def models(self, request: Request) -> dict:
+        self.check_key(request)
+        entry = {"id": self.name, "object": "model", "created": 0, "owned_by": "slm"}
+        return {"object": "list", "data": [entry]}
+
+    # The routes parse their bodies themselves (`_parse`) so that every error, JSON syntax
+    # included, gets the same OpenAI error body.
+    async def completions(self, request: Request) -> Any:
+        self.check_key(request)
+        body = await _parse(request, protocol.CompletionBody)
+        settings = self.settings(body, default_tokens=16)
+        prompts = body.prompts()
+        if not prompts or len(prompts) * body.n > self.limits.max_n:
+            raise APIError(400, f"give 1 to {self.limits.max_n} choices (prompts x n)", "prompt")
+        return await self.respond(request, body, prompts, settings, chat=False)
+
+    async def chat(self, request: Request) -> Any:
+        self.check_key(request)
+        body = await _parse(request, protocol.ChatBody)
+        messages = [m.model_dump() for m in body.messages]
+        if self.is_chat_model:
+            prompt = render(self.model.chat_template, messages, add_generation_prompt=True)
+            stops = (IM_END,)
+        else:
+            prompt, stops = transcript(messages), ("\nUser:",)
+        settings = self.settings(body, self.limits.default_chat_tokens, stops)
+        return await self.respond(request, body, [prompt], settings, chat=True)
+
+    def settings(self, body: Any, default_tokens: int, stops: tuple[str, ...] = ()) -> Any:
+        """A SampleConfig from the body, within the server's limits."""
+        if unsupported := body.unsupported():
+            raise APIError(400, f"slm does not support {unsupported}", unsupported)
+        self.check_model(body.model)
+        limit = self.limits.max_tokens
+        max_tokens = body.max_completion_tokens or body.max_tokens or min(default_tokens, limit)
+        if max_tokens > limit:
+            raise APIError(400, f"max_tokens must be at most {limit}", "max_tokens")
+        max_n = min(self.limits.max_n, self.engine.max_batch)
+        if body.n > max_n:
+            raise APIError(400, f"n must be at most {max_n}", "n")
+        stop = body.stops()
+        if len(stop) > 4 or not all(stop):
+            raise APIError(400, "stop takes up to 4 non-empty strings", "stop")
+        try:
+            return SampleConfig(
+                max_new_tokens=max_tokens,
+                temperature=body.temperature,
+                top_k=body.top_k,
+                top_p=body.top_p,
+                min_p=body.min_p,
+                repetition_penalty=body.repetition_penalty,
+                seed=body.seed,
+                num_samples=body.n,
+                stop=stop + stops,
+                ignore_eot=body.ignore_eos,
+            )
+        except SLMError as exc:  # a combination the fields alone did not catch
+            raise APIError(400, exc.message.replace("--", "").replace("-", "_")) from exc
+
+    def check_model(self, asked: str | None) -> None:
+        if asked not in (None, self.name):
+            raise APIError(
+                404,
+                f"the model {asked!r} does not exist; this server has {self.name!r}",
+                "model",
+                "model_not_found",
+            )
+
+    async def respond(
+        self, request: Request, body: Any, prompts: list[str], settings: SampleConfig, chat: bool
+    ) -> Any:
+        run = _Run(self.engine, prompts, settings)
+        try:
+            run.submit()
+        except Busy as exc:
+            raise APIError(503, f"the server is busy: {exc}; try again shortly") from exc
+        if body.stream:
+            chunks = _stream(run, request, self.name, chat, body.include_usage)
+            return StreamingResponse(chunks, media_type="text/event-stream")
+        return await _collect(run, request, self.name, chat)
+
+
+async def _parse(request: Request, model: Any) -> Any:
+    """The JSON body validated into `model`; errors become the handlers' 400/422."""
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise APIError(400, "the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+
+
+# --------------------------------------------------------------------------- one request's run
+
+
+class _Run:
+    """The engine requests behind one HTTP request (one per prompt), and their events.
+
+    Events arrive on the engine's thread; `emit` hands them to this event loop's queue.
+    Choice indexes follow OpenAI: prompt p's sample j is choice p * n + j.
+    """
+
+    def __init__(self, engine: Engine, prompts: list[str], settings: SampleConfig):
+        self.engine, self.prompts, self.settings = engine, prompts, settings
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.requests: list[EngineRequest] = []
+        self.open = len(prompts)
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def submit(self) -> None:
+        for offset, prompt in enumerate(self.prompts):
+            request = EngineRequest(
+                prompt, self.settings, self._emitter(offset * self.settings.num_samples)
+            )
+            self.requests.append(self.engine.submit(request))
+
+    def _emitter(self, offset: int) -> Any:
+        def emit(event: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, (offset, event))
+
+        return emit
+
+    async def events(self, request: Request) -> AsyncIterator[tuple[int, Any]]:
+        """(choice index, Piece) until every prompt has finished; usage is then set.
+
+        Leaving early (the client went away, or the generator is closed) cancels whatever
+        is still decoding.
+        """
+        try:
+            while self.open:
+                try:
+                    offset, event = await asyncio.wait_for(self.queue.get(), DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    continue
+                if isinstance(event, Finished):
+                    self.open -= 1
+                    self.prompt_tokens += event.prompt_tokens
+                    self.completion_tokens += event.completion_tokens
+                elif isinstance(event, Failed):
+                    raise APIError(500, event.message)
+                else:
+                    yield offset + event.sample, event
+        finally:
+            if self.open:
+                for r in self.requests:
+                    self.engine.cancel(r)
+
+    def usage(self) -> dict:
+        return protocol.usage(self.prompt_tokens, self.completion_tokens)
+
+
+async def _collect(run: _Run, request: Request, name: str, chat: bool) -> dict:
+    count = len(run.prompts) * run.settings.num_samples
+    texts, reasons = [[] for _ in range(count)], [None] * count
+    async for index, piece in run.events(request):
+        texts[index].append(piece.text)
+        reasons[index] = piece.finish_reason or reasons[index]
+    choice = protocol.chat_choice if chat else protocol.completion_choice
+    choices = [choice(i, "".join(texts[i]), reasons[i]) for i in range(count)]
+    kind, prefix = ("chat.completion", "chatcmpl") if chat else ("text_completion", "cmpl")
+    return protocol.envelope(kind, protocol.new_id(prefix), name, choices, usage=run.usage())
+
+
+async def _stream(
+    run: _Run, request: Request, name: str, chat: bool, include_usage: bool
+) -> AsyncIterator[str]:
+    """Server-sent events: one chunk per piece of text, finish chunks, then `[DONE]`.
+
+    Usage comes on the chunk that finishes the last choice (so every stream reports it), and,
+    with `stream_options.include_usage`, also on a last chunk with no choices, as OpenAI does.
+    """
+    kind, id_ = (
+        ("chat.completion.chunk", protocol.new_id("chatcmpl"))
+        if chat
+        else (
+            "text_completion",
+            protocol.new_id("cmpl"),
+        )
+    )
+    total = len(run.prompts) * run.settings.num_samples
+
+    def chunk(choices: list[dict], **extra: Any) -> str:
+        return f"data: {json.dumps(protocol.envelope(kind, id_, name, choices, **extra))}\n\n"
+
+    if chat:
+        for i in range(total):
+            yield chunk([protocol.chat_delta(i, {"role": "assistant", "content": ""}, None)])
+    pending = None  # the latest finish chunk, held back: the last one carries the usage
+    try:
+        async for index, piece in run.events(request):
+            if piece.text:
+                if chat:
+                    yield chunk([protocol.chat_delta(index, {"content": piece.text}, None)])
+                else:
+                    yield chunk([protocol.completion_choice(index, piece.text, None)])
+            if piece.finish_reason:
+                if pending:
+                    yield chunk(pending, usage=None)
+                if chat:
+                    pending = [protocol.chat_delta(index, {}, piece.finish_reason)]
+                else:
+                    pending = [protocol.completion_choice(index, "", piece.finish_reason)]
+    except APIError as exc:
+        yield f"data: {json.dumps(protocol.error_body(exc.message, 'server_error'))}\n\n"
+        return
+    if pending:
+        yield chunk(pending, usage=run.usage())
+    if include_usage:
+        yield chunk([], usage=run.usage())
+    yield "data: [DONE]\n\n"
