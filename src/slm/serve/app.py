@@ -22,7 +22,10 @@ import contextlib
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -91,7 +94,7 @@ def create_app(
     app.state.engine = engine
     server = _Server(model, engine, name, limits, api_key)
     _add_error_handlers(app)
-    _add_body_limit(app, limits.max_body_bytes)
+    app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
     app.add_api_route("/", server.page, methods=["GET"], include_in_schema=False)
     app.add_api_route("/health", server.health, methods=["GET"])
     app.add_api_route("/card", server.card, methods=["GET"])
@@ -108,6 +111,34 @@ def run_server(app: FastAPI, host: str, port: int) -> None:
     except ImportError as exc:
         raise SLMError("slm serve needs uvicorn", hint="pip install 'slm[serve]'") from exc
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@contextlib.contextmanager
+def serve_in_background(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve `app` on a free port from a thread; yields its base URL (tests, benchmarks).
+
+    The socket is bound here, before the thread starts, so no other process can take the
+    port between choosing and listening.
+    """
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the background server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
 
 
 # --------------------------------------------------------------------------- errors
@@ -155,23 +186,33 @@ def _add_error_handlers(app: Any) -> None:
     app.add_exception_handler(Exception, unexpected)
 
 
-def _add_body_limit(app: Any, max_bytes: int) -> None:
+class _BodyLimit:
     """Refuse a body over `max_bytes` from its Content-Length, before it is read (413); a
-    body without a length (chunked) is refused too (411): the limit could not be checked."""
+    body without a length (chunked) is refused too (411): the limit could not be checked.
 
-    @app.middleware("http")
-    async def limit(request: Request, call_next: Any) -> Any:
-        if request.method == "POST":
-            length = request.headers.get("content-length")
+    Plain ASGI rather than `@app.middleware("http")`, whose wrapper would stand between the
+    routes and the connection and hide a client's disconnect from them.
+    """
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = dict(scope["headers"])
+            length = headers.get(b"content-length")
+            refusal = None
             if length is None:
-                message = "a request body needs a Content-Length header"
-                return JSONResponse(protocol.error_body(message), status_code=411)
-            if not length.isdigit() or int(length) > max_bytes:
-                message = f"the request body is over the limit of {max_bytes:,} bytes"
-                return JSONResponse(
-                    protocol.error_body(message, code="body_too_large"), status_code=413
-                )
-        return await call_next(request)
+                refusal = 411, "a request body needs a Content-Length header", None
+            elif not length.isdigit() or int(length) > self.max_bytes:
+                message = f"the request body is over the limit of {self.max_bytes:,} bytes"
+                refusal = 413, message, "body_too_large"
+            if refusal:
+                status, message, code = refusal
+                response = JSONResponse(protocol.error_body(message, code=code), status)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 # --------------------------------------------------------------------------- routes
@@ -351,13 +392,17 @@ class _Run:
         Leaving early (the client went away, or the generator is closed) cancels whatever
         is still decoding.
         """
+        checked = time.monotonic()
         try:
             while self.open:
+                # Tokens may arrive faster than the poll: check the client by the clock.
+                if time.monotonic() - checked > DISCONNECT_POLL_S:
+                    checked = time.monotonic()
+                    if await request.is_disconnected():
+                        return
                 try:
                     offset, event = await asyncio.wait_for(self.queue.get(), DISCONNECT_POLL_S)
                 except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return
                     continue
                 if isinstance(event, Finished):
                     self.open -= 1
