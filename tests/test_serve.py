@@ -351,3 +351,16 @@ def test_slm_serve_runs_and_stops_on_ctrl_c(model_dir) -> None:
             process.kill()
     err = process.stderr.read() if process.stderr else ""
     assert f"http://127.0.0.1:{port}/" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_the_load_test_answers_every_request(model_dir) -> None:
+    from slm.bench.serving import serving_suite
+
+    result = serving_suite(model_dir, clients=3, requests_per_client=2, max_tokens=8)
+    for phase in ("sequential", "concurrent"):
+        r = result[phase]
+        assert r["answered"] == r["sent"] == 6 and r["tokens"] == 48
+        assert 0 < r["p50_s"] <= r["p95_s"]
+    assert result["sequential"]["mean_rows_per_step"] == 1.0
+    assert result["rows"][1]["what"].endswith("concurrent (3 clients)")

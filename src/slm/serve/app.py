@@ -251,6 +251,8 @@ class _Server:
             "finished": stats.finished,
             "cancelled": stats.cancelled,
             "peak_requests_per_step": stats.peak_requests,
+            "steps": stats.steps,
+            "rows_decoded": stats.rows_decoded,
         }
 
     async def card(self, request: Request) -> dict:  # `request` untyped: see `completions`
