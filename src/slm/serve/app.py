@@ -3,8 +3,9 @@
 Routes: `GET /` (the playground, `playground.html`), `GET /health`, `GET /card` (the model
 card), `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (both stream
 with `"stream": true` as server-sent events ending in `data: [DONE]`). Shapes are
-`protocol.py`'s; decoding is the engine's (`engine.py`), on its own thread: the event loop
-only validates, submits, and relays events, so it never waits on torch.
+`protocol.py`'s, relaying a generation as a response `responses.py`'s; decoding is the
+engine's (`engine.py`), on its own thread: the event loop only validates, submits, and
+relays events, so it never waits on torch.
 
 Safety: the CLI binds to 127.0.0.1 unless told otherwise; with an API key every `/v1/` route
 and `/card` answer 401 without `Authorization: Bearer KEY`; bodies, `max_tokens`, `n` and
@@ -17,7 +18,6 @@ unexpected one is a 500 that says only "internal error" (the traceback goes to t
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import json
@@ -49,12 +49,11 @@ from slm.chat_template import IM_END, render, transcript
 from slm.config import SampleConfig
 from slm.serve import protocol
 from slm.serve.card import model_card
-from slm.serve.engine import DEFAULT_MAX_BATCH, Busy, Engine, Failed, Finished
-from slm.serve.engine import Request as EngineRequest
+from slm.serve.engine import DEFAULT_MAX_BATCH, Busy, Engine
+from slm.serve.protocol import APIError
+from slm.serve.responses import Run, collect, stream
 
 log = logging.getLogger("slm.serve")
-
-DISCONNECT_POLL_S = 0.25  # how often a request waiting on tokens checks its client is there
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ def create_app(
     limits: Limits | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     engine: Engine | None = None,
-) -> Any:
+) -> FastAPI:
     """The FastAPI app serving `model`; its engine starts and stops with the app's lifespan.
 
     `app.state.engine` is the engine (its `stats` tell how requests were batched).
@@ -142,16 +141,6 @@ def serve_in_background(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
 
 
 # --------------------------------------------------------------------------- errors
-
-
-class APIError(Exception):
-    """An error answered with an OpenAI error body."""
-
-    def __init__(
-        self, status: int, message: str, param: str | None = None, code: str | None = None
-    ):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
 
 
 def _add_error_handlers(app: Any) -> None:
@@ -330,15 +319,15 @@ class _Server:
     async def respond(
         self, request: Request, body: Any, prompts: list[str], settings: SampleConfig, chat: bool
     ) -> Any:
-        run = _Run(self.engine, prompts, settings)
+        run = Run(self.engine, prompts, settings)
         try:
             run.submit()
         except Busy as exc:
             raise APIError(503, f"the server is busy: {exc}; try again shortly") from exc
         if body.stream:
-            chunks = _stream(run, request, self.name, chat, body.include_usage)
+            chunks = stream(run, request, self.name, chat, body.include_usage)
             return StreamingResponse(chunks, media_type="text/event-stream")
-        return await _collect(run, request, self.name, chat)
+        return await collect(run, request, self.name, chat)
 
 
 async def _parse(request: Request, model: Any) -> Any:
@@ -353,132 +342,3 @@ async def _parse(request: Request, model: Any) -> Any:
         return model.model_validate(data)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from exc
-
-
-# --------------------------------------------------------------------------- one request's run
-
-
-class _Run:
-    """The engine requests behind one HTTP request (one per prompt), and their events.
-
-    Events arrive on the engine's thread; `emit` hands them to this event loop's queue.
-    Choice indexes follow OpenAI: prompt p's sample j is choice p * n + j.
-    """
-
-    def __init__(self, engine: Engine, prompts: list[str], settings: SampleConfig):
-        self.engine, self.prompts, self.settings = engine, prompts, settings
-        self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.requests: list[EngineRequest] = []
-        self.open = len(prompts)
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-
-    def submit(self) -> None:
-        for offset, prompt in enumerate(self.prompts):
-            request = EngineRequest(
-                prompt, self.settings, self._emitter(offset * self.settings.num_samples)
-            )
-            self.requests.append(self.engine.submit(request))
-
-    def _emitter(self, offset: int) -> Any:
-        def emit(event: Any) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
-                self.loop.call_soon_threadsafe(self.queue.put_nowait, (offset, event))
-
-        return emit
-
-    async def events(self, request: Request) -> AsyncIterator[tuple[int, Any]]:
-        """(choice index, Piece) until every prompt has finished; usage is then set.
-
-        Leaving early (the client went away, or the generator is closed) cancels whatever
-        is still decoding.
-        """
-        checked = time.monotonic()
-        try:
-            while self.open:
-                # Tokens may arrive faster than the poll: check the client by the clock.
-                if time.monotonic() - checked > DISCONNECT_POLL_S:
-                    checked = time.monotonic()
-                    if await request.is_disconnected():
-                        return
-                try:
-                    offset, event = await asyncio.wait_for(self.queue.get(), DISCONNECT_POLL_S)
-                except asyncio.TimeoutError:
-                    continue
-                if isinstance(event, Finished):
-                    self.open -= 1
-                    self.prompt_tokens += event.prompt_tokens
-                    self.completion_tokens += event.completion_tokens
-                elif isinstance(event, Failed):
-                    raise APIError(500, event.message)
-                else:
-                    yield offset + event.sample, event
-        finally:
-            if self.open:
-                for r in self.requests:
-                    self.engine.cancel(r)
-
-    def usage(self) -> dict:
-        return protocol.usage(self.prompt_tokens, self.completion_tokens)
-
-
-async def _collect(run: _Run, request: Request, name: str, chat: bool) -> dict:
-    count = len(run.prompts) * run.settings.num_samples
-    texts, reasons = [[] for _ in range(count)], [None] * count
-    async for index, piece in run.events(request):
-        texts[index].append(piece.text)
-        reasons[index] = piece.finish_reason or reasons[index]
-    choice = protocol.chat_choice if chat else protocol.completion_choice
-    choices = [choice(i, "".join(texts[i]), reasons[i]) for i in range(count)]
-    kind, prefix = ("chat.completion", "chatcmpl") if chat else ("text_completion", "cmpl")
-    return protocol.envelope(kind, protocol.new_id(prefix), name, choices, usage=run.usage())
-
-
-async def _stream(
-    run: _Run, request: Request, name: str, chat: bool, include_usage: bool
-) -> AsyncIterator[str]:
-    """Server-sent events: one chunk per piece of text, finish chunks, then `[DONE]`.
-
-    Usage comes on the chunk that finishes the last choice (so every stream reports it), and,
-    with `stream_options.include_usage`, also on a last chunk with no choices, as OpenAI does.
-    """
-    kind, id_ = (
-        ("chat.completion.chunk", protocol.new_id("chatcmpl"))
-        if chat
-        else (
-            "text_completion",
-            protocol.new_id("cmpl"),
-        )
-    )
-    total = len(run.prompts) * run.settings.num_samples
-
-    def chunk(choices: list[dict], **extra: Any) -> str:
-        return f"data: {json.dumps(protocol.envelope(kind, id_, name, choices, **extra))}\n\n"
-
-    if chat:
-        for i in range(total):
-            yield chunk([protocol.chat_delta(i, {"role": "assistant", "content": ""}, None)])
-    pending = None  # the latest finish chunk, held back: the last one carries the usage
-    try:
-        async for index, piece in run.events(request):
-            if piece.text:
-                if chat:
-                    yield chunk([protocol.chat_delta(index, {"content": piece.text}, None)])
-                else:
-                    yield chunk([protocol.completion_choice(index, piece.text, None)])
-            if piece.finish_reason:
-                if pending:
-                    yield chunk(pending, usage=None)
-                if chat:
-                    pending = [protocol.chat_delta(index, {}, piece.finish_reason)]
-                else:
-                    pending = [protocol.completion_choice(index, "", piece.finish_reason)]
-    except APIError as exc:
-        yield f"data: {json.dumps(protocol.error_body(exc.message, 'server_error'))}\n\n"
-        return
-    if pending:
-        yield chunk(pending, usage=run.usage())
-    if include_usage:
-        yield chunk([], usage=run.usage())
-    yield "data: [DONE]\n\n"

@@ -105,6 +105,16 @@ class ChatBody(_Body):
 # --------------------------------------------------------------------------- responses
 
 
+class APIError(Exception):
+    """An error answered with an OpenAI error body."""
+
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None
+    ):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
