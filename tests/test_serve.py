@@ -321,6 +321,18 @@ def test_serve_without_the_extra_names_it(model_dir, capsys, monkeypatch) -> Non
     assert "pip install 'slm[serve]'" in capsys.readouterr().err
 
 
+def test_serve_on_a_port_in_use_is_one_line(model_dir, capsys) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code = main(["serve", str(model_dir), "--port", str(taken.getsockname()[1])])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "slm: error: cannot listen on 127.0.0.1" in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_slm_serve_runs_and_stops_on_ctrl_c(model_dir) -> None:
     import signal

@@ -320,7 +320,8 @@ def add_serve(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument(
         "--api-key",
-        help="require `Authorization: Bearer KEY` on the API (default: $SLM_API_KEY, else none)",
+        help="require `Authorization: Bearer KEY` on the API (default: $SLM_API_KEY, else "
+        "none; the variable keeps the key out of `ps`)",
     )
     p.add_argument(
         "--max-batch",

@@ -104,12 +104,27 @@ def create_app(
 
 
 def run_server(app: FastAPI, host: str, port: int) -> None:
-    """Serve `app` with uvicorn until Ctrl-C (which uvicorn turns into a clean shutdown)."""
+    """Serve `app` with uvicorn until Ctrl-C (which uvicorn turns into a clean shutdown).
+
+    The port is bound here first, so a port in use is one clear error, not uvicorn's log.
+    """
     try:
         import uvicorn
     except ImportError as exc:
         raise SLMError("slm serve needs uvicorn", hint="pip install 'slm[serve]'") from exc
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SLMError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="another program may hold the port: pick another with --port",
+        ) from exc
+    with sock:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
 @contextlib.contextmanager
