@@ -73,3 +73,33 @@ def test_a_bf16_model_decodes_in_bf16() -> None:
     logits = DecodeStep(model, b)(ids[:, 5])
     assert logits.dtype == torch.bfloat16
     torch.testing.assert_close(logits, model(ids[:, 5:], a)[:, -1], atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2])
+@torch.inference_mode()
+def test_rows_at_different_positions_give_each_row_its_own_logits(n_kv_heads: int) -> None:
+    # Three sequences of different lengths share one cache (the server's batch); each row's
+    # logits and keys equal those of the sequence decoded alone.
+    model = tiny_model(n_kv_heads=n_kv_heads)
+    lengths = [3, 11, 7]
+    seqs = [torch.randint(0, 512, (1, n + 5)) for n in lengths]
+    shared = KVCache(model.config, 4)  # a spare row: rows past the batch stay untouched
+    alone = []
+    for row, (seq, n) in enumerate(zip(seqs, lengths, strict=True)):
+        one = KVCache(model.config, 1)
+        model(seq[:, :n], one)
+        shared.k[:, row : row + 1, :, :n] = one.k[:, :, :, :n]
+        shared.v[:, row : row + 1, :, :n] = one.v[:, :, :, :n]
+        alone.append(one)
+    step = DecodeStep(model, shared)
+    positions = torch.tensor(lengths)
+    for t in range(5):
+        tokens = torch.cat([seq[:, n + t] for seq, n in zip(seqs, lengths, strict=True)])
+        logits = step.at_positions(tokens, positions, int(positions.max()) + 1)
+        for row, (seq, n) in enumerate(zip(seqs, lengths, strict=True)):
+            expected = model(seq[:, n + t : n + t + 1], alone[row])[:, -1]
+            torch.testing.assert_close(logits[row : row + 1], expected, atol=1e-5, rtol=1e-5)
+        positions += 1
+    assert shared.pos == 0  # the caller tracks positions
+    for row, n in enumerate(lengths):
+        torch.testing.assert_close(shared.k[:, row, :, : n + 5], alone[row].k[:, 0, :, : n + 5])

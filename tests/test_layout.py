@@ -20,6 +20,7 @@ LAYERS = [
     {"checkpoint", "data"},
     {"evaluate", "generation"},
     {"training", "api"},
+    {"serve"},
     {"bench"},
     {"cli"},
     {"__init__", "__main__"},

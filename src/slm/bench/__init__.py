@@ -1,7 +1,8 @@
 """The benchmark suite behind `slm bench` (and `python -m benchmarks`).
 
 - `suite`: every figure in one run (matmul peaks, tokenizer, training, generation, the
-  quality run) and the results files.
+  quality run, the serving load test) and the results files.
 - `generation`: decoding speed, the decode step's parts, `slm generate`'s memory.
+- `serving`: the load test of `slm serve` (concurrent clients against one at a time).
 - `measure`: repeat statistics and peak memory.
 """

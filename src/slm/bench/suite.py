@@ -246,7 +246,23 @@ def run_suite(log: Log, quick: bool = False, compile_cpu: bool = True) -> dict[s
     results["generate"] = run_isolated(generate_suite, quick)
     for row in results["generate"]["rows"]:
         log(f"{row['what']}: {row['figure']}")
+    if serving_available():
+        from slm.bench.serving import serving_suite
+
+        size = {"clients": 4, "requests_per_client": 3} if quick else {}
+        results["serve"] = serving_suite(**size)
+        for row in results["serve"]["rows"]:
+            log(f"{row['what']}: {row['figure']}")
+    else:
+        log("serve: skipped (pip install 'slm[serve]' httpx to measure it)")
     return results
+
+
+def serving_available() -> bool:
+    """The load test needs the serve extra and an HTTP client."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("fastapi", "uvicorn", "httpx"))
 
 
 def quality(budget: str = "10m", log: Log = lambda _m: None) -> dict[str, Any]:
@@ -308,6 +324,8 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"peak RSS {r['peak_rss_mb']:.0f} MB | {r['tokens_per_s']['spread']:.0%} |"
         )
     for g in results.get("generate", {}).get("rows", []):
+        lines.append(f"| {g['what']} | {g['figure']} | {g['spread']} |")
+    for g in results.get("serve", {}).get("rows", []):
         lines.append(f"| {g['what']} | {g['figure']} | {g['spread']} |")
     quality = results.get("quality")
     if quality:

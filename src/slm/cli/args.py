@@ -310,6 +310,50 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+# --------------------------------------------------------------------------- serve
+
+
+def add_serve(sub: Any) -> argparse.ArgumentParser:
+    p = _subparser(
+        sub,
+        "serve",
+        "serve a model over OpenAI's HTTP API, with a playground page",
+        "Serve the model in RUN_DIR: OpenAI's /v1/completions, /v1/chat/completions and\n"
+        "/v1/models (streaming too), /health, and a playground page at /. Needs the\n"
+        "extra: pip install 'slm[serve]'. Concurrent requests are decoded together.\n\n"
+        "  slm serve runs/NAME                       # http://127.0.0.1:8000\n"
+        "  slm serve runs/NAME --port 9000 --api-key SECRET",
+    )
+    p.add_argument("model", metavar="RUN_DIR", help="run (model) folder")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens it "
+        "to the network)",
+    )
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument(
+        "--api-key",
+        help="require `Authorization: Bearer KEY` on the API (default: $SLM_API_KEY, else "
+        "none; the variable keeps the key out of `ps`)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=32,
+        metavar="N",
+        help="samples decoded together at most; more requests wait (default: 32)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for the model (default 0: 1 for a small model, else every core)",
+    )
+    return p
+
+
 # --------------------------------------------------------------------------- eval / bench
 
 

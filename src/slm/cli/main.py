@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_args.add_train(sub).set_defaults(handler=_cmd_train)
     cli_args.add_generate(sub).set_defaults(handler=_cmd_generate)
     cli_args.add_chat(sub).set_defaults(handler=_cmd_chat)
+    cli_args.add_serve(sub).set_defaults(handler=_cmd_serve)
     cli_args.add_eval(sub).set_defaults(handler=_cmd_eval)
     cli_args.add_bench(sub).set_defaults(handler=_cmd_bench)
     return parser
@@ -259,6 +260,37 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
     settings = _sample_settings(args)
     return run_chat(_load_for_generation(args, settings.num_samples), settings, sys.stdout)
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    if not 0 < args.port < 65536:
+        raise SLMError(f"--port must be 1 to 65535, got {args.port}", exit_code=EXIT_USAGE)
+    if args.max_batch < 1 or args.threads < 0:
+        raise SLMError("--max-batch must be 1 or more, --threads 0 or more", exit_code=EXIT_USAGE)
+    from slm.api import load
+    from slm.device import available_cores, set_threads
+    from slm.generation.generation import decode_threads
+    from slm.model import count_parameters
+    from slm.serve.app import create_app, run_server  # checks the serve extra first
+
+    model = load(args.model, args.device, warn=_log)
+    # One thread for a small model, as for `slm generate`: the event loop and the clients
+    # need a core too, and a parallel region stalls whenever one of its cores is busy.
+    set_threads(args.threads or decode_threads(count_parameters(model.model), 1, available_cores()))
+    api_key = args.api_key or os.environ.get("SLM_API_KEY") or None
+    app = create_app(model, api_key=api_key, max_batch=args.max_batch)
+    _log(f"slm: serving {args.model} at http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    if api_key:
+        _log("slm: the API needs `Authorization: Bearer <key>`")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        _log(f"slm: warning: listening on {args.host}: other machines can reach this server")
+    run_server(app, args.host, args.port)
+    return 0
 
 
 # --------------------------------------------------------------------------- eval / bench

@@ -14,6 +14,10 @@ On seed-2.5m at batch 1, one thread: 113 operations a step against 179, and 1.4-
 time than the same step through `forward` in interleaved runs (`slm bench` reports both).
 `tests/test_decode.py` holds its logits and cache to `forward`'s.
 Prefill, and re-prefill when the window slides, still go through `forward` (T > 1).
+
+`DecodeStep.at_positions` is the same step for rows that stand at different positions (the
+server's continuous batching, `slm.serve.engine`): each row's rotary angles and cache slot
+come from its own position, and a mask hides the keys past it.
 """
 
 from __future__ import annotations
@@ -95,3 +99,44 @@ class DecodeStep:
         self.cache.advance(1)
         x = F.rms_norm(x, self.width, self.final_norm, self.eps)
         return F.linear(x, self.embedding)  # the tied head, as in GPT.forward
+
+    def at_positions(
+        self, tokens: torch.Tensor, positions: torch.Tensor, length: int
+    ) -> torch.Tensor:
+        """Rows 0..B-1 of the cache, each at its own position: tokens, positions (B,) -> logits.
+
+        Row b's token goes to position `positions[b]` and attends to keys 0..positions[b];
+        `length` is max(positions) + 1 (given by the caller, who knows it without a device
+        sync). `cache.pos` is neither read nor moved: the caller tracks every row's position.
+        Keys past a row's position (a longer neighbour's, or a finished request's) are masked,
+        so what a row sees is exactly what `__call__` would give it alone, up to float
+        rounding in the masked softmax.
+        """
+        H, KV, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        if length > self.cache.max_len:
+            raise ValueError(f"the cache is full ({self.cache.max_len} positions)")
+        B = tokens.shape[0]
+        rows = torch.arange(B, device=tokens.device)
+        cos = self.cos[positions].unsqueeze(1)  # (B, 1, hd): one angle per row, every head
+        sin_rot = self.sin_rot[positions].unsqueeze(1)
+        keys = torch.arange(length, device=tokens.device)
+        visible = (keys <= positions.unsqueeze(1)).view(B, 1, 1, length)  # (B, 1, 1, T)
+        x = F.embedding(tokens, self.embedding)  # (B, C)
+        for layer in self.layers:
+            h = F.rms_norm(x, self.width, layer.attn_norm, self.eps)
+            qk, v = F.linear(h, layer.qkv).view(B, H + 2 * KV, hd).split([H + KV, KV], dim=1)
+            qk = qk * cos + qk.roll(self.half, dims=-1) * sin_rot
+            q, k = qk.split([H, KV], dim=1)
+            layer.k[rows, :, positions] = k  # (B, KV, hd) into each row's own slot
+            layer.v[rows, :, positions] = v
+            k, v = layer.k[:B, :, :length], layer.v[:B, :, :length]
+            if KV != H:
+                k = k.repeat_interleave(H // KV, dim=1)
+                v = v.repeat_interleave(H // KV, dim=1)
+            y = F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=visible)
+            x = x + F.linear(y.view(B, H * hd), layer.out)
+            h = F.rms_norm(x, self.width, layer.mlp_norm, self.eps)
+            gate, up = F.linear(h, layer.gate_up).split(self.d_ff, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, layer.down)
+        x = F.rms_norm(x, self.width, self.final_norm, self.eps)
+        return F.linear(x, self.embedding)
