@@ -302,8 +302,9 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(prepared, tmp_path):
 def test_a_failed_start_can_be_retried_with_the_same_out(prepared, tmp_path, capsys):
     out = tmp_path / "run"
     base = ["train", str(prepared), "--preset", "tiny", "--out", str(out), "--sample-tokens", "0"]
-    assert main([*base, "--context-len", "100000", "--max-steps", "2"]) == 1
-    assert "too few" in capsys.readouterr().err
+    assert main([*base, "--context-len", "100000", "--max-steps", "2"]) == 2
+    assert "fewer than one window of --context-len 100000" in capsys.readouterr().err
+    assert not out.exists()  # refused before anything was written: no folder left behind
     assert main([*base, "--max-steps", "2", "--dtype", "float32"]) == 0
 
 

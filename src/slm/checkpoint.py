@@ -151,12 +151,21 @@ def save_checkpoint(
     model = getattr(model, "_orig_mod", model)
     tensors = _fp32_tensors(model)
     meta = {"format": "pt", "slm_version": __version__, "step": str(step)}
-    with (
-        atomic_path(folder / WEIGHTS_FILE) as weights_tmp,
-        atomic_path(folder / TRAIN_STATE_FILE) as state_tmp,
-    ):
-        save_file(tensors, str(weights_tmp), metadata=meta)
-        torch.save(state, state_tmp)
+    try:
+        with (
+            atomic_path(folder / WEIGHTS_FILE) as weights_tmp,
+            atomic_path(folder / TRAIN_STATE_FILE) as state_tmp,
+        ):
+            save_file(tensors, str(weights_tmp), metadata=meta)
+            torch.save(state, state_tmp)
+    except OSError as exc:  # disk full, folder not writable: the old pair is untouched
+        # weights + AdamW's two moments, all fp32: about three times the weights
+        needed_mb = 3 * sum(t.numel() * 4 for t in tensors.values()) / 1e6
+        raise SLMError(
+            f"cannot write the checkpoint of step {step} to {folder}: {exc.strerror or exc}",
+            hint=f"it needs about {needed_mb:.0f} MB free there; the previous checkpoint is "
+            f"intact: make room, then `slm train --resume {folder}`",
+        ) from exc
 
 
 def _fp32_tensors(model: GPT) -> dict[str, torch.Tensor]:

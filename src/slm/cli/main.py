@@ -18,7 +18,7 @@ from typing import Any
 from slm import __version__
 from slm.cli import args as cli_args
 from slm.config import MODEL_FIELDS, TRAIN_FIELDS
-from slm.errors import EXIT_INTERRUPTED, EXIT_USAGE, SLMError
+from slm.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, SLMError
 
 DESCRIPTION = """\
 Train a small GPT-style language model on your own text, then use it.
@@ -135,6 +135,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = train(request, log=_log, progress=TerminalProgress(_log))
     if result.sample:
         print(result.sample)
+    if result.stop_signal == "SIGTERM":
+        return EXIT_TERMINATED
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 

@@ -52,13 +52,14 @@ from slm.training.finetune import (
     load_source,
     refuse_shape_changes,
 )
+from slm.training.memory import check_fits
 from slm.training.metrics import PLOT_FILE, MetricsLog, plot_losses
 from slm.training.optimizer import make_loss_fn, make_optimizer, want_compile
 from slm.training.progress import Log, TrainProgress, quiet
 from slm.training.run_folder import (
+    RunGuard,
     check_resume_point,
     fill_run_dir,
-    new_run_dir,
     recorded_data,
     resolve_data,
     resumed_train_config,
@@ -92,6 +93,7 @@ class TrainResult:
     val: EvalResult | None
     sample: str
     interrupted: bool
+    stop_signal: str = ""  # "SIGINT" or "SIGTERM" when a signal stopped the run
 
 
 # --------------------------------------------------------------------------- settings
@@ -143,28 +145,32 @@ def train(
     `log` receives one-off messages (settings, where the run folder is); `progress` the
     loop's events (steps, evaluations), by default passed to `log` as plain lines.
     """
-    run = _resume_run(request, log) if request.resume else _new_run(request, log)
-    run.progress = progress or TrainProgress(log)
-    try:
-        return run.loop()
-    finally:
-        run.metrics.close()
+    with RunGuard() as guard:
+        run = _resume_run(request, log, guard) if request.resume else _new_run(request, log, guard)
+        run.progress = progress or TrainProgress(log)
+        try:
+            return run.loop()
+        finally:
+            run.metrics.close()
 
 
 def _has_budget(train_settings: dict[str, Any]) -> bool:
     return any(train_settings.get(k) for k in ("max_steps", "max_tokens", "max_time", "epochs"))
 
 
-def _new_run(request: TrainRequest, log: Log) -> Run:
+def _new_run(request: TrainRequest, log: Log, guard: RunGuard) -> Run:
     if request.init_from:
-        return _finetune_run(request, log)
+        return _finetune_run(request, log, guard)
     # 1. Check settings and the device before any slow work or any file is written. Data
     #    prepared here gets the preset's vocabulary unless --vocab-size says otherwise.
     draft_model, draft_train = resolve_settings(request, vocab_size=None)
     resolve_device(draft_train.device)
-    run_dir = new_run_dir(request.out, request.preset)
+    run_dir = guard.new(request.out, request.preset)
     data = resolve_data(request.data, run_dir, request.vocab_size or draft_model.vocab_size, log)
     model_cfg, train_cfg = resolve_settings(request, vocab_size=data.vocab_size)
+    check_fits(
+        model_cfg, train_cfg, len(data.tokens("train")), resolve_device(train_cfg.device).type
+    )
     # 2. The run folder is a model folder: tokenizer and data statistics travel with it.
     fill_run_dir(run_dir, data, model_cfg, train_cfg)
     torch.manual_seed(train_cfg.seed)
@@ -172,7 +178,7 @@ def _new_run(request: TrainRequest, log: Log) -> Run:
     return Run(run_dir, data, model, train_cfg, log, state=None)
 
 
-def _finetune_run(request: TrainRequest, log: Log) -> Run:
+def _finetune_run(request: TrainRequest, log: Log, guard: RunGuard) -> Run:
     # 1. The source model first: its shape and tokenizer decide everything else.
     if request.preset or request.vocab_size:
         raise SLMError(
@@ -183,7 +189,7 @@ def _finetune_run(request: TrainRequest, log: Log) -> Run:
     model, source_tokenizer, source = load_source(request.init_from)
     _, draft_train = resolve_settings(request, vocab_size=None, base=model.config)
     resolve_device(draft_train.device)
-    run_dir = new_run_dir(request.out, "finetune")
+    run_dir = guard.new(request.out, "finetune")
     # 2. The new text in the source's tokens (a chat folder may add the two chat tokens).
     tokenizer_file = Path(source["folder"]) / checkpoint.TOKENIZER_FILE
     data = resolve_data(request.data, run_dir, model.config.vocab_size, log, str(tokenizer_file))
@@ -195,6 +201,9 @@ def _finetune_run(request: TrainRequest, log: Log) -> Run:
         )
         model = grow_vocab(model, data.vocab_size)
     model_cfg, train_cfg = resolve_settings(request, data.vocab_size, base=model.config)
+    check_fits(
+        model_cfg, train_cfg, len(data.tokens("train")), resolve_device(train_cfg.device).type
+    )
     fill_run_dir(run_dir, data, model_cfg, train_cfg, init_from=source)
     log(
         f"fine-tuning {source['folder']}"
@@ -204,8 +213,8 @@ def _finetune_run(request: TrainRequest, log: Log) -> Run:
     return Run(run_dir, data, model, train_cfg, log, state=None)
 
 
-def _resume_run(request: TrainRequest, log: Log) -> Run:
-    run_dir = Path(request.resume)
+def _resume_run(request: TrainRequest, log: Log, guard: RunGuard) -> Run:
+    run_dir = guard.existing(Path(request.resume))
     state = checkpoint.load_train_state(run_dir)
     model = checkpoint.load_model(run_dir)
     check_resume_point(run_dir, state)
@@ -294,12 +303,13 @@ class Run:
     # ------------------------------------------------------------------ loop
 
     def loop(self) -> TrainResult:
-        """Train to the end of the budget, or until Ctrl-C / --stop-after; then sample."""
+        """Train to the end of the budget, or until Ctrl-C / SIGTERM / --stop-after."""
         self._announce()
         self.progress.start(self.budget, self.step, self.elapsed_s)
         try:
             with StopRequest(self.log) as stop:
                 ended = self._steps(stop)
+                stop_signal = stop.signal_name
                 if ended != "done":
                     self.save()
                     self.log(
@@ -317,7 +327,9 @@ class Run:
         wants_sample = self.cfg.sample_tokens > 0 and not interrupted
         sample = self.sample_text(self.cfg.sample_tokens * 4) if wants_sample else ""
         self.log(f"run folder: {self.run_dir}  (weights, tokenizer, metrics.jsonl, {PLOT_FILE})")
-        return TrainResult(self.run_dir, self.step, self.tokens, self.last_val, sample, interrupted)
+        return TrainResult(
+            self.run_dir, self.step, self.tokens, self.last_val, sample, interrupted, stop_signal
+        )
 
     def _steps(self, stop: StopRequest) -> Literal["done", "interrupted", "stopped"]:
         """The step loop: train, log, evaluate and save on schedule."""

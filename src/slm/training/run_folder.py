@@ -6,6 +6,9 @@ notice if it changes under a resume. This module
 
 - picks the folder of a new run, and clears one left by a start that never reached its first
   checkpoint, so that retrying the same command works;
+- holds the folder for one process at a time (`RunGuard`: a lock file with the owner's pid,
+  stale locks of dead processes cleared) and removes a folder it created when the run fails
+  before its first checkpoint;
 - finds the data of a new run (a prepared folder as is, anything else prepared into the run
   folder by `slm.data.prepare`) and fills the folder: tokenizer, configs and the run record;
 - refuses a resume that could not continue exactly: weights and train state from different
@@ -16,7 +19,9 @@ Building the model and optimizer and running the steps is `slm.training.loop`'s 
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +36,7 @@ from slm.errors import EXIT_USAGE, SLMError
 from slm.fileio import read_json, write_json
 
 RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
 # Flags that may change when resuming: they do not alter the maths of the run.
 RESUMABLE_OVERRIDES = {
     "device",
@@ -48,19 +54,109 @@ RESUMABLE_OVERRIDES = {
 # --------------------------------------------------------------------------- a new run
 
 
+class RunGuard:
+    """One process's hold on a run folder, for the length of a `with` block.
+
+    It takes the folder's lock (`.lock`, holding the owner's pid and host) so that two
+    `slm train` processes never write to one folder; a lock whose process is gone (killed,
+    crashed) is stale and taken over. If the block fails before the run's first checkpoint
+    and this process created the folder, the folder goes too: a failed start leaves nothing
+    behind (a folder it did not create is never removed).
+    """
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self.created = False
+        self._locked = False
+
+    def new(self, out: str | None, preset_name: str | None) -> Path:
+        target = Path(out) if out else None
+        # slm made the folder if it did not exist, or if it held only an earlier failed start
+        made_by_slm = target is None or not target.exists() or _failed_start(target)
+        self.path = new_run_dir(out, preset_name)
+        self.created = made_by_slm
+        self._lock()
+        return self.path
+
+    def existing(self, run_dir: Path) -> Path:
+        if not run_dir.is_dir():
+            raise SLMError(f"cannot resume: {run_dir} is not a folder", exit_code=EXIT_USAGE)
+        self.path = run_dir
+        self._lock()
+        return run_dir
+
+    def _lock(self) -> None:
+        assert self.path is not None
+        lock = self.path / LOCK_FILE
+        for _ in range(3):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = lock_owner(self.path)
+                if owner is not None:
+                    raise SLMError(
+                        f"run folder {self.path} is in use by process {owner} on this machine",
+                        hint="wait for that run to end, or stop it (kill PID saves and exits)",
+                    ) from None
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(f"{os.getpid()} {socket.gethostname()}\n")
+            self._locked = True
+            return
+        raise SLMError(f"could not lock run folder {self.path}")
+
+    def __enter__(self) -> RunGuard:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if self.path is None:
+            return
+        if self._locked:
+            (self.path / LOCK_FILE).unlink(missing_ok=True)
+        started = (self.path / checkpoint.TRAIN_STATE_FILE).exists()
+        if exc_type is not None and self.created and not started:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def lock_owner(run_dir: Path) -> int | None:
+    """The pid of the live process that holds `run_dir`, or None if no live one does."""
+    try:
+        pid_text, host = (run_dir / LOCK_FILE).read_text(encoding="utf-8").split()[:2]
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    if host != socket.gethostname() or pid == os.getpid():
+        return None if pid == os.getpid() else pid  # another machine's: assume it is alive
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid  # alive, owned by another user
+    return pid
+
+
 def new_run_dir(out: str | None, preset_name: str | None) -> Path:
     """The folder for a new run: `--out`, or a new timestamped folder under runs/.
 
     A folder left by a start that never reached its first checkpoint (a run record but no
-    train state) is cleared and reused, so retrying the same command works.
+    train state) is cleared and reused, so retrying the same command works, unless a live
+    process holds it.
     """
     if out:
         run_dir = Path(out)
         if run_dir.exists() and not run_dir.is_dir():
             raise SLMError(f"--out {run_dir} is a file, not a folder", exit_code=EXIT_USAGE)
+        if run_dir.is_dir() and (owner := lock_owner(run_dir)) is not None:
+            raise SLMError(
+                f"run folder {run_dir} is in use by process {owner}",
+                hint="choose another --out, or wait for that run to end",
+                exit_code=EXIT_USAGE,
+            )
         if _failed_start(run_dir):
             shutil.rmtree(run_dir)
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
             raise SLMError(
                 f"run folder {run_dir} already exists and is not empty",
                 hint=f"continue it with `slm train --resume {run_dir}` or choose another --out",
