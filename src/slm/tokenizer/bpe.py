@@ -110,10 +110,12 @@ def _splits_like_slm(hf: HFTokenizer) -> bool:
 class Tokenizer:
     """A byte-level BPE tokenizer with slm's special tokens."""
 
-    def __init__(self, hf: HFTokenizer):
+    def __init__(self, hf: HFTokenizer, eot_id: int | None = None, pad_id: int | None = None):
+        """`eot_id` / `pad_id` name the end and padding tokens of a tokenizer that slm did not
+        make (an imported Llama's `</s>`, say); by default they are slm's own specials."""
         self.hf = hf
-        eot = hf.token_to_id(EOT)
-        pad = hf.token_to_id(PAD)
+        eot = hf.token_to_id(EOT) if eot_id is None else eot_id
+        pad = hf.token_to_id(PAD) if pad_id is None else pad_id
         if eot is None or pad is None:
             raise SLMError(
                 f"tokenizer lacks slm's special tokens {EOT} and {PAD}",
@@ -125,9 +127,8 @@ class Tokenizer:
         self._pieces: PieceEncoder | None = None
         self._pool: EncodePool | None = None
         if _splits_like_slm(hf):
-            self._pieces = PieceEncoder(
-                functools.partial(_bpe_pieces, hf.model), {EOT: eot, PAD: pad}
-            )
+            specials = {t: hf.token_to_id(t) for t in SPECIAL_TOKENS}
+            self._pieces = PieceEncoder(functools.partial(_bpe_pieces, hf.model), specials)
             if can_fork():  # no process starts until a batch is big enough to want one
                 self._pool = EncodePool(self._pieces.encode_batch, usable_cores())
                 weakref.finalize(self, self._pool.close)
@@ -155,7 +156,9 @@ class Tokenizer:
         return cls(hf)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> Tokenizer:
+    def from_file(
+        cls, path: str | os.PathLike, eot_id: int | None = None, pad_id: int | None = None
+    ) -> Tokenizer:
         path = Path(path)
         if not path.is_file():
             raise SLMError(f"tokenizer not found: {path}")
@@ -163,7 +166,7 @@ class Tokenizer:
             hf = HFTokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception for bad JSON
             raise SLMError(f"tokenizer file is corrupt: {path} ({exc})") from exc
-        return cls(hf)
+        return cls(hf, eot_id, pad_id)
 
     def save(self, path: str | os.PathLike) -> None:
         with atomic_path(path) as tmp:
@@ -216,7 +219,8 @@ class Tokenizer:
     def _build_token_bytes(self) -> list[bytes]:
         to_byte = {ch: b for b, ch in byte_to_unicode().items()}
         table: list[bytes] = [b""] * self.vocab_size
-        specials = set(SPECIAL_TOKENS)
+        # Added tokens (specials, chat tokens) are stored as text, not in the byte alphabet.
+        specials = {t.content for t in self.hf.get_added_tokens_decoder().values()}
         for token, idx in self.hf.get_vocab().items():
             if token in specials:
                 table[idx] = token.encode("utf-8")
