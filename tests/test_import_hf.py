@@ -97,8 +97,12 @@ def test_greedy_tokens_match_transformers(hf_llama_dir: Path):
     prompt = loaded.tokenizer.encode("the king")
     ours = loaded.complete("the king", max_new_tokens=12, temperature=0.0, ignore_eot=True)
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_llama_dir).eval()
-    theirs = model.generate(
-        torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=None
+    theirs = model.generate(  # slm bans the pad (here also the end) token, as ignore_eot does
+        torch.tensor([prompt]),
+        max_new_tokens=12,
+        do_sample=False,
+        eos_token_id=None,
+        bad_words_ids=[[loaded.tokenizer.pad_id]],
     )
     assert list(ours.completions[0].tokens) == theirs[0, len(prompt) :].tolist()
 
