@@ -78,7 +78,6 @@ def generation_config(source: ExportSource) -> dict[str, Any]:
         "bos_token_id": source.bos_id,
         "eos_token_id": eos,
         "pad_token_id": source.pad_id,
-        "max_length": source.config.context_len,
     }
 
 
