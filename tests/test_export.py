@@ -189,8 +189,15 @@ def _llama_cpp(path: Path, n_ctx: int):
     llama_cpp = pytest.importorskip(
         "llama_cpp", reason="llama-cpp-python is not installed (see .ci/run)"
     )
+    # An f32 KV cache (type 0): llama.cpp's default f16 cache alone moves logits by ~0.01.
     return llama_cpp.Llama(
-        str(path), n_ctx=n_ctx, n_threads=1, logits_all=True, verbose=False, seed=0
+        str(path),
+        n_ctx=n_ctx,
+        n_threads=1,
+        logits_all=True,
+        verbose=False,
+        type_k=llama_cpp.GGML_TYPE_F32,
+        type_v=llama_cpp.GGML_TYPE_F32,
     )
 
 
@@ -208,9 +215,10 @@ def llama_cpp_logits(llm, ids: list[int]) -> torch.Tensor:
     return torch.tensor(llm.scores[: len(ids)])
 
 
-# max |logit difference| against slm on the sharpened test model (logits spread over about
-# +-15), measured at 2e-6 / 0.01 / 0.05; the bounds leave room for other CPUs' kernels.
-LOGIT_TOLERANCE = {"f32": 1e-3, "f16": 0.1, "q8_0": 0.3}
+# max |logit difference| against slm on the sharpened test model (logits span 12, std 1.4),
+# measured with llama.cpp 0.3.36's AVX2 build at 8e-6 / 0.015 / 0.42: q8_0 rounds the
+# activations to 8 bits too. The bounds leave room for other CPUs' kernels.
+LOGIT_TOLERANCE = {"f32": 1e-4, "f16": 0.05, "q8_0": 1.0}
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])
@@ -229,11 +237,14 @@ def test_llama_cpp_greedy_continuation_matches_slm(model_dir: Path, gguf_files: 
     ours = _slm(model_dir)
     prompt = ours.tokenizer.encode("The king")
     greedy = ours.complete("The king", max_new_tokens=40, temperature=0.0, ignore_eot=True)
+    banned = [ours.tokenizer.pad_id, ours.tokenizer.eot_id]  # as slm with ignore_eot
     llm.reset()
     llm.eval(prompt)
     theirs = []
     for _ in range(40):
-        token = int(torch.tensor(llm.scores[llm.n_tokens - 1]).argmax())
+        logits = torch.tensor(llm.scores[llm.n_tokens - 1])
+        logits[banned] = -float("inf")
+        token = int(logits.argmax())
         theirs.append(token)
         llm.eval([token])
     assert theirs == list(greedy.completions[0].tokens)
