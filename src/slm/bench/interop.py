@@ -132,30 +132,35 @@ def _transformers_engine(folder: Path, ids: list[int], new_tokens: int) -> tuple
 
 
 def _llama_cpp_engine(path: Path, ids: list[int], new_tokens: int, config: Any) -> tuple[Any, Any]:
-    from llama_cpp import Llama
+    import llama_cpp
 
-    # logits_all keeps every position's logits for the comparison; decoding reads the last.
-    llm = Llama(
-        str(path),
-        n_ctx=config.context_len,
-        n_threads=1,
-        n_threads_batch=1,
-        logits_all=True,
-        verbose=False,
-    )
+    def load(**options: Any) -> Any:
+        return llama_cpp.Llama(
+            str(path),
+            n_ctx=config.context_len,
+            n_threads=1,
+            n_threads_batch=1,
+            verbose=False,
+            **options,
+        )
+
+    # Decoding runs as users run llama.cpp (its f16 KV cache); the logits are compared with
+    # an f32 cache and every position kept, so that they show the weights' own difference.
+    runner = load(logits_all=True)  # else llama-cpp-python keeps no logits (one row a step)
+    exact = load(logits_all=True, type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
 
     def decode() -> int:
-        llm.reset()
-        llm.eval(ids)
+        runner.reset()
+        runner.eval(ids)
         for _ in range(new_tokens):
-            token = int(llm.scores[llm.n_tokens - 1].argmax())
-            llm.eval([token])
+            token = int(runner.scores[runner.n_tokens - 1].argmax())
+            runner.eval([token])
         return new_tokens
 
     def logits(x: list[int]) -> torch.Tensor:
-        llm.reset()
-        llm.eval(x)
-        return torch.tensor(llm.scores[: len(x)])
+        exact.reset()
+        exact.eval(x)
+        return torch.tensor(exact.scores[: len(x)])
 
     return decode, logits
 
