@@ -29,7 +29,14 @@ import numpy as np
 import torch
 
 from slm.chat_template import Message, read_template, render, transcript
-from slm.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, check_model_folder, load_model
+from slm.checkpoint import (
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    check_model_folder,
+    load_model,
+    load_tokenizer,
+)
 from slm.config import ModelConfig, SampleConfig, sample_config
 from slm.device import resolve_device
 from slm.errors import EXIT_USAGE, SLMError
@@ -41,7 +48,7 @@ from slm.tokenizer.bpe import Tokenizer
 
 def load(path: str | os.PathLike, device: str = "auto", warn: Warn | None = None) -> LoadedModel:
     """Load a model folder (a run folder, or any folder with its config.json,
-    model.safetensors and tokenizer.json), or a file inside one.
+    model.safetensors and tokenizer.json; a transformers Llama folder too), or a file inside one.
 
     A missing or damaged folder raises one `SLMError` that names the file at fault.
     Warnings (a prompt cropped to the context) go to `warn`; by default to `warnings.warn`.
@@ -51,7 +58,7 @@ def load(path: str | os.PathLike, device: str = "auto", warn: Warn | None = None
         folder = folder.parent
     folder = check_model_folder(folder)
     model = load_model(folder, resolve_device(device))
-    tokenizer = Tokenizer.from_file(folder / TOKENIZER_FILE)
+    tokenizer = load_tokenizer(folder)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise SLMError(
             f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "

@@ -6,7 +6,8 @@ weights), `tokenizer.json`, `meta.json` (the prepared data's statistics), and, f
 and all fixes for older formats live here.
 
 Loading never executes code from a file: weights come from safetensors and the train state
-through `torch.load(weights_only=True)`.
+through `torch.load(weights_only=True)`. A transformers Llama folder (its config.json has a
+`model_type`) loads too, converted by `slm.hf_llama`, wherever a model folder is read.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from slm import __version__
 from slm.config import ModelConfig
 from slm.errors import SLMError
 from slm.fileio import atomic_path, check_format_version, read_json, write_json
+from slm.hf_llama import is_hf_folder, load_hf_folder, load_hf_tokenizer
 from slm.model import GPT
+from slm.tokenizer.bpe import Tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -84,6 +87,8 @@ def save_model(folder: str | os.PathLike, model: GPT) -> None:
 def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") -> GPT:
     """Rebuild a model from a model folder; a missing or corrupt folder is one clear error."""
     folder = check_model_folder(folder)
+    if is_hf_folder(folder):
+        return load_hf_folder(folder, device).model
     config = load_config(folder)
     path = folder / WEIGHTS_FILE
     try:
@@ -96,6 +101,14 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
         raise SLMError(f"weights in {path} do not match {folder / CONFIG_FILE}", hint=mismatch)
     model.load_state_dict(tensors)
     return model.to(device).eval()
+
+
+def load_tokenizer(folder: str | os.PathLike) -> Tokenizer:
+    """The model folder's tokenizer (for an HF folder, with the end token its config names)."""
+    folder = Path(folder)
+    if is_hf_folder(folder):
+        return load_hf_tokenizer(folder, read_json(folder / CONFIG_FILE, "model config"))
+    return Tokenizer.from_file(folder / TOKENIZER_FILE)
 
 
 def _state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
@@ -129,6 +142,8 @@ def check_model_folder(folder: str | os.PathLike) -> Path:
         raise SLMError(
             f"model folder not found: {folder}", hint="give a run folder from `slm train`"
         )
+    if is_hf_folder(folder):
+        return folder  # its reader names the file that is missing (shards, tokenizer)
     for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
         if not (folder / name).is_file():
             raise SLMError(

@@ -13,6 +13,7 @@ for attention scores and their weighted sum.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -255,6 +256,12 @@ def run_suite(log: Log, quick: bool = False, compile_cpu: bool = True) -> dict[s
             log(f"{row['what']}: {row['figure']}")
     else:
         log("serve: skipped (pip install 'slm[serve]' httpx to measure it)")
+    if importlib.util.find_spec("transformers"):  # llama.cpp joins in when it is installed
+        from slm.bench.interop import interop_suite
+
+        results["interop"] = run_isolated(interop_suite, None, 2 if quick else 5)
+        for name, s in results["interop"]["decode_tokens_per_s"].items():
+            log(f"interop decode {name}: {s['median']:,.0f} tokens/s")
     return results
 
 
@@ -327,6 +334,19 @@ def markdown_table(results: dict[str, Any]) -> str:
         lines.append(f"| {g['what']} | {g['figure']} | {g['spread']} |")
     for g in results.get("serve", {}).get("rows", []):
         lines.append(f"| {g['what']} | {g['figure']} | {g['spread']} |")
+    interop = results.get("interop")
+    for name, e in (interop or {}).get("exports", {}).items():
+        lines.append(
+            f"| export seed-2.5m {name} | {e['time_s']:.2f} s, {e['size_mb']:.2f} MB | — |"
+        )
+    for name, d in (interop or {}).get("logit_max_abs_diff", {}).items():
+        if name != "slm logits range":
+            lines.append(f"| max abs logit diff vs slm: {name} | {d:.2g} | — |")
+    for name, st in (interop or {}).get("decode_tokens_per_s", {}).items():
+        lines.append(
+            f"| decode seed-2.5m B1, 1 thread: {name} | {st['median']:,.0f} tokens/s "
+            f"| {st['spread']:.0%} |"
+        )
     quality = results.get("quality")
     if quality:
         lines.append(

@@ -400,6 +400,30 @@ def add_eval(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def add_export(sub: Any) -> argparse.ArgumentParser:
+    p = _subparser(
+        sub,
+        "export",
+        "write a model for transformers (hf) or llama.cpp (gguf)",
+        "Export a model folder for the tools that run Llama models.\n\n"
+        "  slm export runs/NAME --format hf --out hf/NAME          # transformers folder\n"
+        "  slm export runs/NAME --format gguf --out NAME.gguf --dtype q8_0   # llama.cpp\n\n"
+        "hf: a folder that AutoModelForCausalLM / AutoTokenizer.from_pretrained load with no\n"
+        "custom code (slm reads it back too). gguf: one file for llama.cpp (needs the gguf\n"
+        "package: pip install 'slm[export]'); --dtype f32, f16 or q8_0.",
+    )
+    p.add_argument("model", metavar="RUN_DIR", help="run (model) folder")
+    p.add_argument("--format", required=True, choices=["hf", "gguf"], help="what to write")
+    p.add_argument("--out", required=True, help="output folder (hf) or .gguf file (gguf)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="gguf weights: f32 (default), f16 or q8_0; hf is always f32",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    return p
+
+
 def add_bench(sub: Any) -> argparse.ArgumentParser:
     p = _subparser(
         sub,

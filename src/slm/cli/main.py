@@ -27,6 +27,7 @@ Train a small GPT-style language model on your own text, then use it.
   slm train data/mine --preset seed-2.5m    # train, with progress and checkpoints
   slm generate runs/NAME "Once upon a time" # sample from the trained model
   slm eval runs/NAME held_out.txt           # loss, perplexity, bits per byte
+  slm export runs/NAME --format hf --out hf/NAME   # for transformers (or gguf: llama.cpp)
 
 With no data, slm uses its built-in Shakespeare corpus: `slm train` alone trains a model.
 """
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_args.add_chat(sub).set_defaults(handler=_cmd_chat)
     cli_args.add_serve(sub).set_defaults(handler=_cmd_serve)
     cli_args.add_eval(sub).set_defaults(handler=_cmd_eval)
+    cli_args.add_export(sub).set_defaults(handler=_cmd_export)
     cli_args.add_bench(sub).set_defaults(handler=_cmd_bench)
     return parser
 
@@ -323,6 +325,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             f"loss {result.loss:.4f} nats/token  perplexity {result.perplexity:.2f}  "
             f"{result.bpb:.4f} bits/byte  ({result.tokens:,} tokens, {result.bytes:,} bytes)"
         )
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "hf":
+        from slm.export.hf import export_hf
+
+        if args.dtype not in (None, "f32"):
+            raise SLMError("the hf format is written in f32 only", exit_code=EXIT_USAGE)
+        result = export_hf(args.model, args.out, force=args.force)
+    else:
+        from slm.export.gguf import export_gguf
+
+        result = export_gguf(args.model, args.out, dtype=args.dtype or "f32", force=args.force)
+    _log(f"exported in {result.time_s:.2f} s, {result.size_bytes / 1e6:.2f} MB")
+    print(result.path)
     return 0
 
 

@@ -117,10 +117,12 @@ def _added_tokens(hf: HFTokenizer) -> set[str]:
 class Tokenizer:
     """A byte-level BPE tokenizer with slm's special tokens."""
 
-    def __init__(self, hf: HFTokenizer):
+    def __init__(self, hf: HFTokenizer, eot_id: int | None = None, pad_id: int | None = None):
+        """`eot_id` / `pad_id` name the end and padding tokens of a tokenizer that slm did not
+        make (an imported Llama's `</s>`, say); by default they are slm's own specials."""
         self.hf = hf
-        eot = hf.token_to_id(EOT)
-        pad = hf.token_to_id(PAD)
+        eot = hf.token_to_id(EOT) if eot_id is None else eot_id
+        pad = hf.token_to_id(PAD) if pad_id is None else pad_id
         if eot is None or pad is None:
             raise SLMError(
                 f"tokenizer lacks slm's special tokens {EOT} and {PAD}",
@@ -168,7 +170,9 @@ class Tokenizer:
         return cls(hf)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> Tokenizer:
+    def from_file(
+        cls, path: str | os.PathLike, eot_id: int | None = None, pad_id: int | None = None
+    ) -> Tokenizer:
         path = Path(path)
         if not path.is_file():
             raise SLMError(f"tokenizer not found: {path}")
@@ -176,7 +180,7 @@ class Tokenizer:
             hf = HFTokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception for bad JSON
             raise SLMError(f"tokenizer file is corrupt: {path} ({exc})") from exc
-        return cls(hf)
+        return cls(hf, eot_id, pad_id)
 
     def with_chat_tokens(self) -> Tokenizer:
         """This tokenizer plus the chat template's special tokens, appended after its

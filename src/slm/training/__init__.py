@@ -5,11 +5,13 @@
 - `schedule`: the budget (steps, tokens, time) and the learning rate at each step (warmup,
   cosine decay), as pure functions.
 - `optimizer`: AdamW and its parameter groups, the loss, `torch.compile`.
-- `run_folder`: choosing the run folder, recording its data, resume checks.
+- `run_folder`: choosing the run folder, recording its data, resume checks, the folder's
+  lock (`RunGuard`).
+- `memory`: settings that cannot fit (context, estimated peak memory) refused up front.
 - `finetune`: `--init-from`: the source model, fine-tune defaults, growing the vocabulary.
 - `metrics`: `metrics.jsonl` and `loss.png`.
 - `progress`: what the loop reports while it runs (`TrainProgress`).
-- `stop`: Ctrl-C as a request to stop after the step in flight.
+- `stop`: Ctrl-C and SIGTERM as a request to stop after the step in flight.
 
 Named `training` rather than `train` so that the name `slm.train` stays free for a function.
 """

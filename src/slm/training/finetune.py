@@ -38,8 +38,8 @@ FINETUNE_EPOCHS = 2.0
 def load_source(folder: str) -> tuple[GPT, Tokenizer, dict[str, Any]]:
     """The source model, its tokenizer, and the record of where a fine-tune came from."""
     path = checkpoint.check_model_folder(folder)
-    model = checkpoint.load_model(path)
-    tokenizer = Tokenizer.from_file(path / checkpoint.TOKENIZER_FILE)
+    model = checkpoint.load_model(path)  # an slm model folder, or a transformers Llama folder
+    tokenizer = checkpoint.load_tokenizer(path)
     record = {
         "folder": str(path.resolve()),
         "weights_sha256": _sha256(path / checkpoint.WEIGHTS_FILE),
