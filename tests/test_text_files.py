@@ -58,13 +58,13 @@ def test_file_pieces_decode_characters_split_across_reads(tmp_path: Path) -> Non
     assert log == []
 
 
-def test_non_utf8_bytes_are_replaced_and_counted(tmp_path: Path) -> None:
-    path = tmp_path / "latin1.txt"
-    path.write_bytes("café naïve\n".encode("latin-1") + b"ok \xff\n")
+def test_bytes_no_encoding_explains_are_replaced_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.txt"  # UTF-8 text with two stray bytes: it stays UTF-8
+    path.write_bytes("café naïve\n".encode() + b"ok \xff\xfe\n")
     log: list[str] = []
-    assert "".join(read_file_pieces(path, log.append)) == "caf\ufffd na\ufffdve\nok \ufffd\n"
+    assert "".join(read_file_pieces(path, log.append)) == "café naïve\nok \ufffd\ufffd\n"
     assert len(log) == 1
-    assert "3 undecodable bytes" in log[0] and str(path) in log[0]
+    assert "2 undecodable bytes" in log[0] and str(path) in log[0]
 
 
 def test_a_utf8_replacement_character_in_the_text_is_not_counted(tmp_path: Path) -> None:
@@ -114,3 +114,31 @@ def test_text_files_are_not_called_binary(tmp_path: Path, data: bytes) -> None:
     path = tmp_path / "x.txt"
     path.write_bytes(data)
     assert binary_reason(path) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding"),
+    [
+        ("Le café était très agréable à Noël, où l'on mangeait des crêpes.\n" * 20, "latin-1"),
+        ("Über die Brücke ging der Bär, schön und groß.\n" * 20, "cp1252"),
+        ("吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。\n" * 20, "shift_jis"),
+    ],
+)
+def test_a_file_that_is_not_utf8_is_decoded_in_its_detected_encoding(tmp_path, text, encoding):
+    from slm.data.text_files import read_file_pieces
+
+    path = tmp_path / "legacy.txt"
+    path.write_bytes(text.encode(encoding))
+    messages: list[str] = []
+    assert "".join(read_file_pieces(path, messages.append)) == text  # nothing lost
+    assert len(messages) == 1 and "not UTF-8; decoded it as" in messages[0]
+
+
+def test_utf8_files_are_read_as_utf8_without_a_note(tmp_path):
+    from slm.data.text_files import read_file_pieces
+
+    path = tmp_path / "plain.txt"
+    path.write_text("héllo wörld 👋\n" * 10, encoding="utf-8")
+    messages: list[str] = []
+    assert "".join(read_file_pieces(path, messages.append)) == "héllo wörld 👋\n" * 10
+    assert messages == []

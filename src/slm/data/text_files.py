@@ -3,13 +3,15 @@
 The rules every text input shares, whatever it comes from (`slm.data.sources` for files, JSONL
 records and datasets; `slm.cli.main` for a prompt on stdin):
 
-- bytes that are not UTF-8 become U+FFFD and are counted, so a warning can say how many;
+- a file whose first MiB is not UTF-8 is decoded in the encoding `charset-normalizer`
+  detects there (Latin-1, Windows-1252, Shift JIS, ...), and the warning names it; only bytes
+  that no detected encoding explains become U+FFFD, and they are counted;
 - a byte-order mark at the start of a file is not text and is dropped;
 - long text is cut into pieces of about `PIECE_CHARS` characters that end at a line break,
   so that no reader holds a whole file or record in memory;
 - a file that looks binary (NUL bytes, mostly non-UTF-8 or control bytes) is named as such.
 
-Stdlib only. Which files to read and how they become documents is `slm.data.sources`' job.
+Which files to read and how they become documents is `slm.data.sources`' job.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ Log = Callable[[str], None]
 # batch (slm.data.prepare.BATCH_CHARS) holds 16 pieces to spread over the cores.
 PIECE_CHARS = 1 << 16
 BINARY_PROBE_BYTES = 8192
+ENCODING_PROBE_BYTES = 1 << 20  # enough text for a confident guess, read once per file
 # Latin-1 prose has a few percent of bytes that are not UTF-8; random binary data about half.
 BINARY_BAD_RATIO = 0.3
 
@@ -65,9 +68,34 @@ def line_pieces(texts: Iterable[str], piece_chars: int = PIECE_CHARS) -> Iterato
         yield buffer
 
 
+def detect_encoding(path: Path) -> str:
+    """ "utf-8", or the encoding `charset-normalizer` finds for a head that is not UTF-8.
+
+    Only the first `ENCODING_PROBE_BYTES` are read: a file is taken to be in one encoding.
+    """
+    with open(path, "rb") as f:
+        head = f.read(ENCODING_PROBE_BYTES)
+    decoded = codecs.getincrementaldecoder("utf-8")("surrogateescape").decode(head)
+    bad = len(_ESCAPED_BYTE.findall(decoded))
+    multibyte = sum(1 for ch in decoded if ord(ch) > 127) - bad
+    if bad <= multibyte:  # UTF-8, or UTF-8 with a few damaged bytes: those get replaced
+        return "utf-8"
+    from charset_normalizer import from_bytes
+
+    matches = list(from_bytes(head))
+    if not matches:
+        return "utf-8"  # nothing fits: UTF-8 with counted replacements, as before
+    # On a short Western text the Latin code pages tie (French read as cp1250 turns "très"
+    # into "trčs"); among the least chaotic, prefer Windows-1252, the common one.
+    least = min(m.chaos for m in matches)
+    tied = [m.encoding for m in matches if m.chaos <= least + 0.01]
+    return "cp1252" if "cp1252" in tied else tied[0]
+
+
 def read_file_pieces(path: Path, log: Log, piece_chars: int = PIECE_CHARS) -> Iterator[str]:
-    """A text file's pieces, decoded as UTF-8 with replacement; warns with the count at the end."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+    """A text file's pieces, decoded as UTF-8 or the detected encoding; warns at the end."""
+    encoding = detect_encoding(path)
+    decoder = codecs.getincrementaldecoder(encoding)(errors="surrogateescape")
     bad_bytes = 0
 
     def blocks() -> Iterator[str]:
@@ -86,8 +114,10 @@ def read_file_pieces(path: Path, log: Log, piece_chars: int = PIECE_CHARS) -> It
             yield text
 
     yield from line_pieces(blocks(), piece_chars)
+    if encoding != "utf-8":
+        log(f"note: {path} is not UTF-8; decoded it as {encoding} (detected)")
     if bad_bytes:
-        log(f"warning: {bad_bytes} undecodable bytes replaced in {path} (not UTF-8)")
+        log(f"warning: {bad_bytes} undecodable bytes replaced in {path} (not {encoding})")
 
 
 def binary_reason(path: Path) -> str | None:
