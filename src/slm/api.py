@@ -34,8 +34,7 @@ from slm.checkpoint import (
     TOKENIZER_FILE,
     WEIGHTS_FILE,
     check_model_folder,
-    load_model,
-    load_tokenizer,
+    load_model_and_tokenizer,
 )
 from slm.config import ModelConfig, SampleConfig, sample_config
 from slm.device import resolve_device
@@ -57,14 +56,7 @@ def load(path: str | os.PathLike, device: str = "auto", warn: Warn | None = None
     if folder.is_file() and folder.name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
         folder = folder.parent
     folder = check_model_folder(folder)
-    model = load_model(folder, resolve_device(device))
-    tokenizer = load_tokenizer(folder)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise SLMError(
-            f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
-            f"{model.config.vocab_size}",
-            hint="the tokenizer.json does not belong to these weights",
-        )
+    model, tokenizer = load_model_and_tokenizer(folder, resolve_device(device))
     return LoadedModel(model, tokenizer, folder, warn)
 
 

@@ -13,6 +13,7 @@ through `torch.load(weights_only=True)`. A transformers Llama folder (its config
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,21 @@ def load_tokenizer(folder: str | os.PathLike) -> Tokenizer:
     return Tokenizer.from_file(folder / TOKENIZER_FILE)
 
 
+def load_model_and_tokenizer(
+    folder: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[GPT, Tokenizer]:
+    """The model and its tokenizer, refused together if the tokenizer is not the weights'."""
+    model = load_model(folder, device)
+    tokenizer = load_tokenizer(folder)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise SLMError(
+            f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+            f"{model.config.vocab_size}",
+            hint="the tokenizer.json does not belong to these weights",
+        )
+    return model, tokenizer
+
+
 def _state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
     """What differs between the tensors a config implies and those in a file ("" if nothing).
 
@@ -201,6 +217,14 @@ def load_train_state(folder: str | os.PathLike) -> dict[str, Any]:
             f"cannot resume: {path} not found", hint="resume needs a run folder from `slm train`"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a damaged pickle
-        raise SLMError(f"train state is corrupt: {path} ({exc})") from exc
+        unsafe = "Weights only load failed" in str(exc)
+        why = "it holds objects other than tensors; refused" if unsafe else str(exc)[:200]
+        raise SLMError(
+            f"train state is corrupt or unsafe: {path} ({why})",
+            hint="slm loads only plain tensors and numbers from it, never code; "
+            "a run folder from `slm train` has such a file",
+        ) from exc

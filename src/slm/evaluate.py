@@ -180,8 +180,7 @@ def evaluate_model(
         )
     set_threads()
     torch_device = resolve_device(device)
-    model = checkpoint.load_model(model_dir, torch_device)
-    tokenizer = checkpoint.load_tokenizer(model_dir)
+    model, tokenizer = checkpoint.load_model_and_tokenizer(model_dir, torch_device)
     tokens = _tokens_to_score(Path(model_dir), sources, tokenizer, split, glob, text_field, log)
     if max_tokens:
         tokens = tokens[:max_tokens]

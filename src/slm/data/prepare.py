@@ -89,6 +89,12 @@ def prepare(
         first_pass_s = time.perf_counter() - start
         if count.documents == 0:
             raise SLMError(f"no text in {', '.join(sources)}: every document is empty")
+        if given is None and tokenizer.vocab_size < vocab_size:
+            log(
+                f"note: this text supports a vocabulary of {tokenizer.vocab_size} tokens, "
+                f"fewer than --vocab-size {vocab_size}: using {tokenizer.vocab_size} "
+                "(more text allows a larger one)"
+            )
         # 2. Choose the validation documents, then encode both splits into token files.
         plan = plan_split(count.documents, count.first_document_chars, val_fraction, seed)
         dtype = token_dtype(tokenizer.vocab_size)

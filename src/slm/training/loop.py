@@ -221,6 +221,13 @@ def _resume_run(request: TrainRequest, log: Log, guard: RunGuard) -> Run:
     new_inputs = bool(request.data or request.preset or request.config_file)
     train_cfg = resumed_train_config(run_dir, request.overrides, model.config.to_dict(), new_inputs)
     data = recorded_data(run_dir)
+    budget = plan_budget(train_cfg, model.config, len(data.tokens("train")))
+    if budget.done(state["step"], state["elapsed_s"]):
+        raise SLMError(
+            f"{run_dir} already finished its budget (step {state['step']}); nothing to resume",
+            hint=f"to train it further, start from it: slm train DATA --init-from {run_dir}",
+            exit_code=EXIT_USAGE,
+        )
     log(f"resuming {run_dir} at step {state['step']}")
     return Run(run_dir, data, model, train_cfg, log, state=state)
 

@@ -267,6 +267,12 @@ def resumed_train_config(
 def recorded_data(run_dir: Path) -> PreparedData:
     """The data a run began with, refused if it changed since (a resume must see the same)."""
     run_info = read_json(run_dir / RUN_FILE, "run record")
+    if not is_prepared(run_info["data"]):
+        raise SLMError(
+            f"cannot resume {run_dir}: its data is gone from {run_info['data']}",
+            hint="put the prepared folder back there (resume needs the data the run began "
+            "with), or start a new run from this one with --init-from",
+        )
     data = load_prepared(run_info["data"])
     _check_same_data(run_info, data)
     return data
