@@ -123,9 +123,20 @@ class BatchSampler:
 
     Window starts come from a seeded `torch.Generator`, whose state is a tensor, so a
     checkpoint can hold it and a resumed run draws exactly the batches it would have drawn.
+    Under torchrun every rank draws the starts of the whole global batch (`batch_size` x
+    `world_size`) from the same stream and keeps its own slice: the data does not depend on
+    how many processes share it.
     """
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, context_len: int, seed: int):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        batch_size: int,
+        context_len: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         import torch  # here, not at the top: `slm prepare` never needs torch (~1 s to import)
 
         if len(tokens) < context_len + 1:
@@ -137,6 +148,7 @@ class BatchSampler:
         self.tokens = tokens
         self.batch_size = batch_size
         self.context_len = context_len
+        self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,7 +156,9 @@ class BatchSampler:
 
         # Starts in [0, n - T - 1] so that every window has T inputs and T shifted targets.
         high = len(self.tokens) - self.context_len
-        starts = torch.randint(high, (self.batch_size,), generator=self.generator).tolist()
+        every = torch.randint(high, (self.batch_size * self.world_size,), generator=self.generator)
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        starts = every[mine].tolist()
         windows = np.stack([self.tokens[s : s + self.context_len + 1] for s in starts])
         block = torch.from_numpy(windows.astype(np.int64))  # (B, T+1)
         return block[:, :-1].contiguous(), block[:, 1:].contiguous()
@@ -173,6 +187,8 @@ class ChatBatchSampler:
         batch_size: int,
         context_len: int,
         seed: int,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         import torch
 
@@ -186,12 +202,16 @@ class ChatBatchSampler:
         self.starts = fits[:, 0]
         self.tokens, self.mask = tokens, mask
         self.batch_size, self.context_len = batch_size, context_len
+        self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        picks = torch.randint(len(self.starts), (self.batch_size,), generator=self.generator)
+        every = torch.randint(
+            len(self.starts), (self.batch_size * self.world_size,), generator=self.generator
+        )
+        picks = every[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         span = self.context_len + 1
         ids = np.zeros((self.batch_size, span), np.int64)
         learn = np.zeros((self.batch_size, span), bool)

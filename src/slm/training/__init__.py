@@ -1,7 +1,9 @@
 """Training: the loop and everything it needs that is not the model itself.
 
-- `loop`: `train(TrainRequest)`, the whole of `slm train`: settings, steps with gradient
+- `loop`: `train(TrainRequest)`, the whole of `slm train`: steps with gradient
   accumulation, evaluation, checkpoints, resume, interruption.
+- `setup`: how a run starts: settings, data, model, for a new run, a fine-tune, a resume.
+- `distributed`: torchrun: the process group, DDP, what the ranks agree on each step.
 - `schedule`: the budget (steps, tokens, time) and the learning rate at each step (warmup,
   cosine decay), as pure functions.
 - `optimizer`: AdamW and its parameter groups, the loss, `torch.compile`.

@@ -1,41 +1,33 @@
-"""The training loop: settings -> data -> model -> optimizer steps -> checkpoints.
+"""The training loop: a run's parts -> optimizer steps -> evaluations and checkpoints.
 
-    slm train                                   # seed-2.5m on the built-in corpus, 5 minutes
-    slm train data/mine --preset small --max-time 30m
-    slm train my_texts/ --max-steps 2000 --eval-every 200 --out runs/mine
-    slm train --resume runs/mine                # continue exactly where it stopped
+    slm train data/mine --max-steps 2000 --eval-every 200 --out runs/mine
+    torchrun --nproc-per-node 2 -m slm train data/mine --max-steps 2000   # several processes
 
-What this module owns: resolving the run's settings, the step loop with gradient accumulation,
-periodic evaluation and checkpoints, and what an interruption does (save, say how to resume).
-The budget and learning rate schedule are `slm.training.schedule` (pure functions), the
-optimizer and loss `slm.training.optimizer`, the run folder's choice, data record and resume
-checks `slm.training.run_folder`, what the user sees `slm.training.progress`, catching Ctrl-C
-`slm.training.stop`. The model is `slm.model`, the folder format `slm.checkpoint`, batches
-`slm.data.prepared`, metrics files `slm.training.metrics`.
+What this module owns: `train(request)`, the step loop with gradient accumulation (and DDP
+across torchrun ranks), periodic evaluation and checkpoints, and what an interruption does
+(save, say how to resume). How a run starts (settings, data, model) is
+`slm.training.setup`'s; the budget and learning rate `slm.training.schedule`'s; the optimizer
+and loss `slm.training.optimizer`'s; the run folder `slm.training.run_folder`'s; ranks
+`slm.training.distributed`'s; what the user sees `slm.training.progress`'s; catching Ctrl-C
+and SIGTERM `slm.training.stop`'s. The model is `slm.model`, the folder format
+`slm.checkpoint`, batches `slm.data.prepared`, metrics files `slm.training.metrics`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from slm import checkpoint
-from slm.config import (
-    DEFAULT_PRESET,
-    ModelConfig,
-    TrainConfig,
-    load_config_file,
-    parse_every,
-    preset,
-    split_settings,
-)
+from slm.config import TrainConfig, parse_every
 from slm.data.prepared import BatchSampler, ChatBatchSampler, PreparedData
 from slm.device import choose_dtype, resolve_device, set_threads
-from slm.errors import EXIT_USAGE, SLMError
+from slm.errors import SLMError
 from slm.evaluate import (
     EvalResult,
     conversation_windows,
@@ -43,46 +35,21 @@ from slm.evaluate import (
     sample_windows,
     token_byte_lengths,
 )
-from slm.model import GPT, count_parameters
+from slm.model import count_parameters
 from slm.tokenizer.bpe import Tokenizer
-from slm.training.finetune import (
-    check_same_tokens,
-    finetune_settings,
-    grow_vocab,
-    load_source,
-    refuse_shape_changes,
-)
-from slm.training.memory import check_fits
+from slm.training import distributed
+from slm.training.distributed import Dist
 from slm.training.metrics import PLOT_FILE, MetricsLog, plot_losses
 from slm.training.optimizer import make_loss_fn, make_optimizer, want_compile
 from slm.training.progress import Log, TrainProgress, quiet
-from slm.training.run_folder import (
-    RunGuard,
-    check_resume_point,
-    fill_run_dir,
-    recorded_data,
-    resolve_data,
-    resumed_train_config,
-)
+from slm.training.run_folder import RunGuard
 from slm.training.schedule import lr_at, plan_budget
+from slm.training.setup import RunParts, TrainRequest, follower_run, new_run, resume_run
 from slm.training.stop import StopRequest
 
-DEFAULT_MAX_TIME = "5m"  # `slm train` with no budget: a few minutes, then a sample
+__all__ = ["TrainRequest", "TrainResult", "train"]
+
 STATE_FORMAT_VERSION = 1
-
-
-@dataclass
-class TrainRequest:
-    """What the user asked for, before defaults are resolved (the CLI fills it)."""
-
-    data: list[str] = field(default_factory=list)
-    out: str | None = None
-    resume: str | None = None
-    config_file: str | None = None
-    preset: str | None = None
-    vocab_size: int | None = None
-    init_from: str | None = None  # a model folder to start from (fine-tuning)
-    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,44 +63,6 @@ class TrainResult:
     stop_signal: str = ""  # "SIGINT" or "SIGTERM" when a signal stopped the run
 
 
-# --------------------------------------------------------------------------- settings
-
-
-def resolve_settings(
-    request: TrainRequest, vocab_size: int | None, base: ModelConfig | None = None
-) -> tuple[ModelConfig, TrainConfig]:
-    """defaults < preset < --config file < flags; the model's vocab comes from the tokenizer.
-
-    `vocab_size=None` keeps the preset's (before the data, and so the tokenizer, exists).
-    With `base` (a fine-tune's source model) the shape is the source's and the train
-    defaults are a fine-tune's (`slm.training.finetune`).
-    """
-    file_settings = load_config_file(request.config_file) if request.config_file else {}
-    name = request.preset or file_settings.pop("preset", None) or DEFAULT_PRESET
-    file_settings.pop("preset", None)
-    file_model, file_train = split_settings(file_settings)
-    flag_model, flag_train = split_settings(request.overrides)
-    train_settings = {**file_train, **flag_train}
-    if base is not None:
-        refuse_shape_changes({**file_model, **flag_model}, base)
-        model_settings = base.to_dict()
-        train_settings = finetune_settings(train_settings, _has_budget(train_settings))
-        train_settings["init_from"] = request.init_from
-    else:
-        model_settings = preset(name)
-        model_settings.update(file_model)
-        model_settings.update(flag_model)
-    if vocab_size is not None:
-        # A fine-tune keeps a source vocabulary larger than its tokenizer's (unused rows).
-        floor = model_settings["vocab_size"] if base is not None else 0
-        model_settings["vocab_size"] = max(vocab_size, floor)
-    model_cfg = ModelConfig.from_dict(model_settings, source="settings")
-    train_cfg = TrainConfig.from_dict(train_settings, source="settings")
-    if not train_cfg.has_budget:
-        train_cfg = replace(train_cfg, max_time=DEFAULT_MAX_TIME)
-    return model_cfg, train_cfg
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -143,110 +72,81 @@ def train(
     """Run (or resume) training and return where it ended. Ctrl-C saves, then returns.
 
     `log` receives one-off messages (settings, where the run folder is); `progress` the
-    loop's events (steps, evaluations), by default passed to `log` as plain lines.
+    loop's events (steps, evaluations), by default passed to `log` as plain lines. Under
+    torchrun, rank 0 sets the run up and reports; the other ranks follow it.
     """
-    with RunGuard() as guard:
-        run = _resume_run(request, log, guard) if request.resume else _new_run(request, log, guard)
-        run.progress = progress or TrainProgress(log)
-        try:
-            return run.loop()
-        finally:
-            run.metrics.close()
+    d = distributed.start(str(request.overrides.get("device", "auto")))
+    try:
+        if not d.is_main:
+            return _follow(d)
+        with RunGuard() as guard:
+            try:
+                if request.resume:
+                    parts = resume_run(request, log, guard, d.world_size)
+                else:
+                    parts = new_run(request, log, guard)
+            except BaseException:
+                distributed.broadcast(None, d)  # the other ranks stop too
+                raise
+            resumed = parts.state is not None
+            distributed.broadcast((str(parts.run_dir), parts.cfg.to_dict(), resumed), d)
+            run = Run(parts, log, d)
+            run.progress = progress or TrainProgress(log)
+            try:
+                return run.loop()
+            finally:
+                run.metrics.close()
+    finally:
+        distributed.finish(d)
 
 
-def _has_budget(train_settings: dict[str, Any]) -> bool:
-    return any(train_settings.get(k) for k in ("max_steps", "max_tokens", "max_time", "epochs"))
+def _follow(d: Dist) -> TrainResult:
+    """A rank other than 0: wait for rank 0's set-up, then train in step with it."""
+    plan = distributed.broadcast(None, d)
+    if plan is None:
+        raise SLMError(f"rank {d.rank}: rank 0 could not start the run (its error says why)")
+    run_dir, cfg, resumed = plan
+    run = Run(follower_run(Path(run_dir), cfg, resumed), quiet, d)
+    return run.loop()
 
 
-def _new_run(request: TrainRequest, log: Log, guard: RunGuard) -> Run:
-    if request.init_from:
-        return _finetune_run(request, log, guard)
-    # 1. Check settings and the device before any slow work or any file is written. Data
-    #    prepared here gets the preset's vocabulary unless --vocab-size says otherwise.
-    draft_model, draft_train = resolve_settings(request, vocab_size=None)
-    resolve_device(draft_train.device)
-    run_dir = guard.new(request.out, request.preset)
-    data = resolve_data(request.data, run_dir, request.vocab_size or draft_model.vocab_size, log)
-    model_cfg, train_cfg = resolve_settings(request, vocab_size=data.vocab_size)
-    check_fits(
-        model_cfg, train_cfg, len(data.tokens("train")), resolve_device(train_cfg.device).type
-    )
-    # 2. The run folder is a model folder: tokenizer and data statistics travel with it.
-    fill_run_dir(run_dir, data, model_cfg, train_cfg)
-    torch.manual_seed(train_cfg.seed)
-    model = GPT(model_cfg)
-    return Run(run_dir, data, model, train_cfg, log, state=None)
+class _NoMetrics:
+    """The metrics of ranks other than 0: rank 0 alone writes metrics.jsonl."""
 
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
 
-def _finetune_run(request: TrainRequest, log: Log, guard: RunGuard) -> Run:
-    # 1. The source model first: its shape and tokenizer decide everything else.
-    if request.preset or request.vocab_size:
-        raise SLMError(
-            "--init-from takes the model's preset and tokenizer; drop --preset/--vocab-size",
-            exit_code=EXIT_USAGE,
-        )
-    assert request.init_from is not None
-    model, source_tokenizer, source = load_source(request.init_from)
-    _, draft_train = resolve_settings(request, vocab_size=None, base=model.config)
-    resolve_device(draft_train.device)
-    run_dir = guard.new(request.out, "finetune")
-    # 2. The new text in the source's tokens (a chat folder may add the two chat tokens).
-    tokenizer_file = Path(source["folder"]) / checkpoint.TOKENIZER_FILE
-    data = resolve_data(request.data, run_dir, model.config.vocab_size, log, str(tokenizer_file))
-    check_same_tokens(source_tokenizer, Tokenizer.from_file(data.tokenizer_path), data.folder)
-    if data.vocab_size > model.config.vocab_size:
-        log(
-            f"growing the vocabulary from {model.config.vocab_size} to {data.vocab_size} "
-            "(the chat tokens; new rows start as the mean embedding)"
-        )
-        model = grow_vocab(model, data.vocab_size)
-    model_cfg, train_cfg = resolve_settings(request, data.vocab_size, base=model.config)
-    check_fits(
-        model_cfg, train_cfg, len(data.tokens("train")), resolve_device(train_cfg.device).type
-    )
-    fill_run_dir(run_dir, data, model_cfg, train_cfg, init_from=source)
-    log(
-        f"fine-tuning {source['folder']}"
-        + (f" (val {source['val_bpb']:.4f} bits/byte)" if source["val_bpb"] else "")
-    )
-    torch.manual_seed(train_cfg.seed)
-    return Run(run_dir, data, model, train_cfg, log, state=None)
+    def append(self, record: dict[str, Any]) -> None:
+        pass
 
+    def truncate_after(self, step: int) -> None:
+        pass
 
-def _resume_run(request: TrainRequest, log: Log, guard: RunGuard) -> Run:
-    run_dir = guard.existing(Path(request.resume))
-    state = checkpoint.load_train_state(run_dir)
-    model = checkpoint.load_model(run_dir)
-    check_resume_point(run_dir, state)
-    new_inputs = bool(request.data or request.preset or request.config_file)
-    train_cfg = resumed_train_config(run_dir, request.overrides, model.config.to_dict(), new_inputs)
-    data = recorded_data(run_dir)
-    budget = plan_budget(train_cfg, model.config, len(data.tokens("train")))
-    if budget.done(state["step"], state["elapsed_s"]):
-        raise SLMError(
-            f"{run_dir} already finished its budget (step {state['step']}); nothing to resume",
-            hint=f"to train it further, start from it: slm train DATA --init-from {run_dir}",
-            exit_code=EXIT_USAGE,
-        )
-    log(f"resuming {run_dir} at step {state['step']}")
-    return Run(run_dir, data, model, train_cfg, log, state=state)
+    def close(self) -> None:
+        pass
 
 
 class Run:
     """One training run's moving parts; `loop()` runs it to the end of its budget."""
 
-    def __init__(
-        self,
-        run_dir: Path,
-        data: PreparedData,
-        model: GPT,
-        cfg: TrainConfig,
-        log: Log,
-        state: dict[str, Any] | None,
-    ):
+    def __init__(self, parts: RunParts, log: Log, dist: Dist | None = None):
+        run_dir, data, model, cfg, state = (
+            parts.run_dir,
+            parts.data,
+            parts.model,
+            parts.cfg,
+            parts.state,
+        )
         self.run_dir, self.data, self.cfg, self.log = run_dir, data, cfg, log
+        self.dist = dist or Dist()
         set_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if self.device.type == "cuda":
+            # TF32 tensor cores for the fp32 matmuls left outside bf16 autocast (optimizer-free
+            # parts, evaluation): ~10 bits of mantissa, ample for training, several times faster.
+            torch.set_float32_matmul_precision("high")
         # A resumed run keeps the precision it chose at the start ("auto" is a timing probe,
         # which a busy machine could answer differently).
         resumed_dtype = state.get("dtype") if state and cfg.dtype == "auto" else None
@@ -257,16 +157,11 @@ class Run:
         self.model_cfg = model.config
         self.train_tokens = data.tokens("train")
         self.val_tokens = data.tokens("val")
-        self.budget = plan_budget(cfg, self.model_cfg, len(self.train_tokens))
+        self.budget = plan_budget(cfg, self.model_cfg, len(self.train_tokens), self.dist.world_size)
         self.sampler = self._sampler(data, cfg)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
-        self.loss_fn = make_loss_fn(
-            self.model,
-            self.device,
-            self.dtype,
-            want_compile(cfg.compile, self.device, self.budget),
-            log,
-        )
+        self.ddp: Any = self.model  # wrapped in DDP when the loop starts (a collective)
+        self.loss_fn: Any = None
         self.tokenizer = Tokenizer.from_file(run_dir / checkpoint.TOKENIZER_FILE)
         self.byte_lengths = token_byte_lengths(self.tokenizer)
         n_windows = max(1, cfg.eval_tokens // self.model_cfg.context_len)
@@ -280,8 +175,12 @@ class Run:
                 len(self.val_tokens), self.model_cfg.context_len, n_windows
             )
             self.score_mask = None
-        self.metrics = MetricsLog(
-            run_dir, cfg.wandb, cfg.tensorboard, {**cfg.to_dict(), **self.model_cfg.to_dict()}
+        self.metrics: Any = (
+            MetricsLog(
+                run_dir, cfg.wandb, cfg.tensorboard, {**cfg.to_dict(), **self.model_cfg.to_dict()}
+            )
+            if self.dist.is_main
+            else _NoMetrics()
         )
         self.progress = TrainProgress(log)
         self.step, self.tokens, self.elapsed_s = 0, 0, 0.0
@@ -293,8 +192,9 @@ class Run:
 
     def _sampler(self, data: PreparedData, cfg: TrainConfig) -> Any:
         context_len = self.model_cfg.context_len
+        ranks = {"rank": self.dist.rank, "world_size": self.dist.world_size}
         if not data.is_chat:
-            return BatchSampler(self.train_tokens, cfg.batch_size, context_len, cfg.seed)
+            return BatchSampler(self.train_tokens, cfg.batch_size, context_len, cfg.seed, **ranks)
         sampler = ChatBatchSampler(
             self.train_tokens,
             data.mask("train"),
@@ -302,6 +202,7 @@ class Run:
             cfg.batch_size,
             context_len,
             cfg.seed,
+            **ranks,
         )
         if sampler.skipped:
             self.log(f"warning: {sampler.skipped} conversations longer than the context skipped")
@@ -311,13 +212,21 @@ class Run:
 
     def loop(self) -> TrainResult:
         """Train to the end of the budget, or until Ctrl-C / SIGTERM / --stop-after."""
+        self.ddp = distributed.wrap(self.model, self.device, self.dist)
+        self.loss_fn = make_loss_fn(
+            self.ddp,
+            self.device,
+            self.dtype,
+            want_compile(self.cfg.compile, self.device, self.budget),
+            self.log,
+        )
         self._announce()
         self.progress.start(self.budget, self.step, self.elapsed_s)
         try:
             with StopRequest(self.log) as stop:
                 ended = self._steps(stop)
                 stop_signal = stop.signal_name
-                if ended != "done":
+                if ended != "done" and self.dist.is_main:
                     self.save()
                     self.log(
                         f"stopped at step {self.step}; checkpoint saved. "
@@ -329,9 +238,10 @@ class Run:
             raise
         finally:
             self.progress.close()
-        plot_losses(self.metrics.records, self.run_dir / PLOT_FILE)
+        if self.dist.is_main:
+            plot_losses(self.metrics.records, self.run_dir / PLOT_FILE)
         interrupted = ended == "interrupted"
-        wants_sample = self.cfg.sample_tokens > 0 and not interrupted
+        wants_sample = self.cfg.sample_tokens > 0 and not interrupted and self.dist.is_main
         sample = self.sample_text(self.cfg.sample_tokens * 4) if wants_sample else ""
         self.log(f"run folder: {self.run_dir}  (weights, tokenizer, metrics.jsonl, {PLOT_FILE})")
         return TrainResult(
@@ -352,7 +262,10 @@ class Run:
             loss = self.train_step(lr)
             self.step += 1
             self.tokens += self.budget.tokens_per_step
-            self.elapsed_s = time.perf_counter() - start
+            # One verdict for all ranks: the mean loss, any stop request, rank 0's clock.
+            loss, stop_now, self.elapsed_s = distributed.step_verdict(
+                loss, stop.requested, time.perf_counter() - start, self.dist
+            )
             if self.step == 1:
                 self.startup_s = self.elapsed_s
             tokens_per_s = self.budget.tokens_per_step / max(time.perf_counter() - t0, 1e-9)
@@ -368,7 +281,7 @@ class Run:
             if self.step % self.cfg.eval_every == 0 or final:
                 record.update(self.evaluate())
             self.metrics.append(record)
-            if "val_loss" in record:
+            if "val_loss" in record and self.dist.is_main:
                 plot_losses(self.metrics.records, self.run_dir / PLOT_FILE)
             self.progress.advance(self.budget, self.step, self.elapsed_s, loss, lr, tokens_per_s)
             due = (
@@ -376,12 +289,13 @@ class Run:
                 or (save_kind == "steps" and self.step % int(save_every) == 0)
                 or (save_kind == "seconds" and self.elapsed_s - last_save_s >= save_every)
             )
-            if due or final:
+            if (due or final) and self.dist.is_main:
                 self.save()
+            if due or final:
                 last_save_s = self.elapsed_s
             if final:
                 break
-            if stop.requested:
+            if stop_now:
                 return "interrupted"
             if self.cfg.stop_after and self.step >= self.cfg.stop_after:
                 return "stopped"
@@ -392,10 +306,14 @@ class Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = 0.0
-        for _ in range(self.budget.accum_steps):
+        accum = self.budget.accum_steps
+        for micro in range(accum):
             x, y = self._batch()
-            loss = self.loss_fn(x, y)
-            (loss / self.budget.accum_steps).backward()
+            # DDP all-reduces gradients in backward: only once, on the last micro-batch.
+            last = micro == accum - 1
+            with nullcontext() if last or not self.dist.enabled else self.ddp.no_sync():
+                loss = self.loss_fn(x, y)
+                (loss / accum).backward()
             total += loss.item()
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -415,7 +333,7 @@ class Run:
     # ------------------------------------------------------------------ eval, save
 
     def evaluate(self) -> dict[str, float]:
-        if len(self.val_tokens) < 2:
+        if len(self.val_tokens) < 2 or not self.dist.is_main:
             return {}
         result = evaluate_windows(
             self.model,
@@ -490,7 +408,9 @@ class Run:
             f"{self.model_cfg.context_len}, vocab {self.model_cfg.vocab_size})\n"
             f"data: {len(self.train_tokens):,} train / {len(self.val_tokens):,} val tokens; "
             f"{b.tokens_per_step:,} tokens per step "
-            f"({b.accum_steps} x batch {self.cfg.batch_size})\n"
+            f"({b.accum_steps} x batch {self.cfg.batch_size}"
+            + (f" x {self.dist.world_size} processes" if self.dist.enabled else "")
+            + ")\n"
             f"device: {self.device.type}, {str(self.dtype).replace('torch.', '')}, "
             f"{torch.get_num_threads()} threads; budget: {' or '.join(budget)}"
         )

@@ -61,9 +61,15 @@ class Budget:
         return bool(by_steps or (self.max_time_s and elapsed_s >= self.max_time_s))
 
 
-def plan_budget(cfg: TrainConfig, model: ModelConfig, train_tokens: int) -> Budget:
-    """Turn --max-steps / --max-tokens / --epochs / --max-time into steps and seconds."""
-    batch_tokens = cfg.batch_size * model.context_len
+def plan_budget(
+    cfg: TrainConfig, model: ModelConfig, train_tokens: int, world_size: int = 1
+) -> Budget:
+    """Turn --max-steps / --max-tokens / --epochs / --max-time into steps and seconds.
+
+    `--tokens-per-step` is the global figure: `world_size` processes (torchrun) each run a
+    `--batch-size` micro-batch, and accumulation makes up the rest.
+    """
+    batch_tokens = cfg.batch_size * model.context_len * world_size
     accum = max(1, math.ceil(cfg.tokens_per_step / batch_tokens)) if cfg.tokens_per_step else 1
     tokens_per_step = accum * batch_tokens
     candidates = []
