@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from slm import checkpoint
+from slm.api import load
 from slm.cli.main import main
 from slm.errors import EXIT_FAILURE, EXIT_USAGE
 from slm.tokenizer.bpe import Tokenizer
@@ -172,6 +173,13 @@ def test_chat_and_generate_i_run_the_prompt_loop(run_dir, capsys, monkeypatch):
     code, out, _ = run(capsys, "chat", run_dir, "--max-new-tokens", "10")
     assert code == 0
     assert "temperature = 0.0" in out and "max_new_tokens = 5" in out
+    # The replies were printed, greedy after /temp 0, and 5 tokens long after /max 5.
+    model = load(run_dir, device="cpu")
+    first = model.generate("the cat", max_new_tokens=10, temperature=0)
+    second = model.generate("héllo", max_new_tokens=5, temperature=0)
+    assert first.strip() and second.strip()
+    assert "max_new_tokens = 5\n" + second in out
+    assert "temperature = 0.0\n" + first in out
     lines = iter(["/quit"])
     code, _, _ = run(capsys, "generate", run_dir, "-i")
     assert code == 0
