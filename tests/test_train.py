@@ -20,6 +20,7 @@ from slm.data.prepared import BatchSampler
 from slm.errors import SLMError
 from slm.training.loop import TrainRequest, _new_run, train
 from slm.training.progress import quiet
+from slm.training.run_folder import check_resume_point
 
 FAST = {"device": "cpu", "dtype": "float32", "sample_tokens": 0, "threads": 1}
 
@@ -275,9 +276,7 @@ def test_cli_bad_setting_is_a_usage_error(prepared, tmp_path, capsys):
     assert "--d-model" in capsys.readouterr().err
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes(prepared, tmp_path):
-    """SIGINT mid-run: exit 130, a consistent checkpoint, and --resume finishes the schedule."""
-    out = tmp_path / "run"
+def _start_training(prepared: Path, out: Path, *flags: str) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
@@ -298,20 +297,37 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(prepared, tmp_path):
         "1",
         "--compile",
         "off",
+        *flags,
     ]
     # A shell that starts jobs in the background makes them ignore SIGINT, and Python keeps
     # an inherited "ignore": give the child the default disposition, as a terminal would.
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    deadline = time.time() + 60
-    while time.time() < deadline and not (out / "metrics.jsonl").exists():
-        time.sleep(0.2)
-    time.sleep(1.0)
+
+
+def _wait_for(proc: subprocess.Popen, ready, what: str, timeout_s: float = 120) -> None:
+    """Wait until `ready()`; fail, without sending anything, if it never comes."""
+    deadline = time.time() + timeout_s
+    while not ready():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"no {what} within {timeout_s:.0f} s:\n{err}")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_that_resumes(prepared, tmp_path):
+    """SIGINT mid-run: exit 130, a consistent checkpoint, and --resume finishes the schedule."""
+    out = tmp_path / "run"
+    proc = _start_training(prepared, out)
+    metrics = out / "metrics.jsonl"
+    _wait_for(proc, lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, "step")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -352,6 +368,31 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(prepared, tmp_path):
         )
     ).run_dir
     assert _losses(out) == _losses(straight)
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_quits_at_once_and_keeps_the_last_checkpoint(prepared, tmp_path):
+    """Two SIGINTs inside one step: no wait for the step, no save; the step before stays."""
+    out = tmp_path / "run"
+    # Steps of 200 micro-batches (~1 s), each saved, so both signals land inside step 2.
+    proc = _start_training(
+        prepared, out, "--tokens-per-step", str(200 * 8 * 64), "--save-every", "1"
+    )
+    files = (out / "train_state.pt", out / "model.safetensors")
+    _wait_for(proc, lambda: all(f.exists() for f in files), "checkpoint")
+    time.sleep(0.05)  # the second of the pair's two renames
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "stopped at once" in err and "Traceback" not in err
+    assert "checkpoint saved" not in err  # the half-done step was not saved
+    state = checkpoint.load_train_state(out)
+    assert state["step"] == 1 and len(_losses(out)) == 1
+    model = checkpoint.load_model(out)
+    check_resume_point(out, state)  # weights and state are of the same step
+    assert model.config.vocab_size > 0
 
 
 def test_a_failed_start_can_be_retried_with_the_same_out(prepared, tmp_path, capsys):
