@@ -73,6 +73,20 @@ def test_a_seed_reproduces_and_temperature_zero_is_greedy(run_dir, capsys):
     assert texts[0] == texts[1]
 
 
+def test_min_p_and_repetition_penalty_reach_the_sampler(run_dir, capsys):
+    base = ["generate", run_dir, "the cat", "--max-new-tokens", "12", "--json", "--seed", "3"]
+    greedy = texts(run(capsys, *base, "--temperature", "0")[1])
+    sampled = texts(run(capsys, *base)[1])
+    only_the_top = texts(run(capsys, *base, "--min-p", "1")[1])  # p >= 1 x p(most likely)
+    assert sampled != greedy and only_the_top == greedy
+    flags = ["--temperature", "0", "--repetition-penalty", "2"]
+    penalized = texts(run(capsys, *base, *flags)[1])
+    model = load(run_dir, device="cpu")
+    options = {"max_new_tokens": 12, "temperature": 0}
+    assert penalized == [model.generate("the cat", repetition_penalty=2.0, **options)]
+    assert penalized != greedy  # greedy text of random weights repeats itself
+
+
 def test_stop_strings_understand_escapes_and_are_not_printed(run_dir, capsys):
     base = ["generate", run_dir, "the", "--json", "--temperature", "0", "--ignore-eot"]
     full = json.loads(run(capsys, *base, "--max-new-tokens", "40")[1])["text"]
