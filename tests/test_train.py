@@ -167,6 +167,7 @@ def test_accumulated_micro_batches_equal_one_big_batch(prepared, tmp_path):
         torch.testing.assert_close(weight, weights_b[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow  # 8 s where bf16 matmuls are emulated (no AVX512-BF16/AMX)
 def test_bf16_autocast_runs_the_matmuls_in_bf16_and_keeps_fp32_weights(prepared, tmp_path):
     run = _new(prepared, tmp_path / "run", max_steps=24, dtype="bfloat16", lr=3e-3, eval_every=12)
     seen: set[torch.dtype] = set()
