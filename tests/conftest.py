@@ -97,3 +97,48 @@ def prepared(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     out = tmp_path_factory.mktemp("prepared") / "data"
     prepare([str(corpus_dir)], out, vocab_size=300, val_fraction=0.2, seed=3)
     return out
+
+
+# --------------------------------------------------------------------------- trained models
+
+# 64 random letters of four, over and over: a few letters say little about what comes next,
+# a dozen say exactly where in the period the text is.
+REPEATED_TEXT = "".join(random.Random(0).choices("abcd", k=64)) * 40
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model (context 16) that has learned the text in its `learned.txt` by heart
+    (~2 s): unlike a random one, it predicts much better with more context (stride tests)."""
+    import torch
+    import torch.nn.functional as F
+
+    from slm import checkpoint
+    from slm.config import ModelConfig
+    from slm.model import GPT
+    from slm.tokenizer.bpe import Tokenizer
+
+    folder = tmp_path_factory.mktemp("trained_model")
+    tokenizer = Tokenizer.train([corpus_text(5000)], vocab_size=300)  # no merges for the period
+    ids = torch.tensor(tokenizer.encode(REPEATED_TEXT))
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=tokenizer.vocab_size, context_len=16, d_model=64, n_layers=2, n_heads=4
+    )
+    model = GPT(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on a busy 2-core machine wait on each other
+    for _ in range(150):
+        starts = torch.randint(len(ids) - 17, (16,), generator=generator)
+        block = torch.stack([ids[s : s + 17] for s in starts.tolist()])
+        loss = F.cross_entropy(model(block[:, :-1]).flatten(0, 1), block[:, 1:].flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    torch.set_num_threads(threads)
+    checkpoint.save_model(folder, model.eval())
+    tokenizer.save(folder / checkpoint.TOKENIZER_FILE)
+    (folder / "learned.txt").write_text(REPEATED_TEXT, encoding="utf-8")
+    return folder

@@ -77,7 +77,20 @@ def test_score_slides_over_text_longer_than_the_context(model):
     result = model.evaluate(TEXT[:300])
     assert result.tokens == len(model.tokenizer.encode(TEXT[:300]))
     assert result.bytes == len(TEXT[:300].encode("utf-8"))
-    assert model.score(TEXT[:300], stride=16) > 0
+
+
+def test_a_smaller_stride_gives_each_token_more_context(trained_model_dir):
+    """On text it has learned, the model's loss falls when every token sees >= 12 tokens
+    before it instead of 0..15; every token is still scored once."""
+    model = load(trained_model_dir, device="cpu")
+    text = (trained_model_dir / "learned.txt").read_text(encoding="utf-8")[:400]
+    n_tokens = len(model.tokenizer.encode(text))
+    assert n_tokens > 4 * model.config.context_len
+    plain, strided = model.evaluate(text), model.evaluate(text, stride=4)
+    assert plain.tokens == strided.tokens == n_tokens
+    assert plain.bytes == strided.bytes == len(text.encode("utf-8"))
+    assert strided.loss < 0.8 * plain.loss
+    assert model.score(text, stride=4) == pytest.approx(strided.bpb)
 
 
 def test_scoring_nothing_is_an_error(model):

@@ -50,3 +50,59 @@ def test_table_has_one_row_per_figure(results) -> None:
     assert len([line for line in table.splitlines() if line.startswith("| train ")]) == len(
         results["train"]
     )
+
+
+@pytest.mark.slow
+def test_slm_bench_quick_runs_end_to_end_and_writes_its_results(tmp_path, capsys, monkeypatch):
+    """Every measurement of `slm bench --quick` runs and lands in the results files.
+
+    The sizes are cut so the smoke test takes seconds, not the ~10 minutes the real
+    figures take on 2 cores: the tiny preset's shape instead of seed-2.5m, small matrices,
+    two plays, 16 new tokens, each measurement in this process instead of a fresh one.
+    """
+    import functools
+
+    import torch
+
+    from slm.bench import generation, serving, suite
+    from slm.cli.main import main
+    from slm.config import ModelConfig, preset
+    from slm.data import corpus
+    from slm.model import GPT
+
+    def tiny_model() -> GPT:
+        torch.manual_seed(0)
+        return GPT(ModelConfig(**{**preset("tiny"), "vocab_size": 4096, "context_len": 128})).eval()
+
+    plays = list(corpus.iter_plays())[:2]
+    monkeypatch.setattr(corpus, "iter_plays", lambda: iter(plays))
+    monkeypatch.setattr(suite, "run_isolated", lambda fn, *args: fn(*args))
+    monkeypatch.setattr(suite, "TRAIN_PRESETS", ("tiny",))
+    monkeypatch.setattr(suite, "matmul_peak", functools.partial(suite.matmul_peak, size=64))
+    throughput = functools.partial(suite.train_throughput, context_len=32)
+    monkeypatch.setattr(suite, "train_throughput", throughput)
+    monkeypatch.setattr(generation, "NEW_TOKENS", 16)
+    monkeypatch.setattr(generation, "seed_model", tiny_model)
+    monkeypatch.setattr(serving, "seed_model", tiny_model)
+    threads = torch.get_num_threads()
+    try:
+        code = main(["bench", "--quick", "--no-compile", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    out, err = capsys.readouterr()
+    assert code == 0 and "Traceback" not in err, err
+    (json_path,) = tmp_path.glob("*.json")
+    results = load_results(json_path)
+    assert {"machine", "peak", "prepare", "train", "generate"} <= set(results)
+    assert [(r["dtype"], r["compile"]) for r in results["train"]] == [
+        ("float32", False),
+        ("bfloat16", False),
+    ]
+    assert all(r["tokens_per_s"]["median"] > 0 for r in results["train"])
+    table = json_path.with_suffix(".md").read_text(encoding="utf-8")
+    assert out == table  # the table is the product: stdout
+    assert results["generate"]["throughput"] and results["generate"]["rows"]
+    if suite.serving_available():
+        assert results["serve"]["rows"]
+    rows = [*results["generate"]["rows"], *results.get("serve", {}).get("rows", [])]
+    assert all(row["what"] in table for row in rows)

@@ -78,18 +78,32 @@ def scripted(*lines: str | type[BaseException]):
 
 
 def test_the_loop_generates_applies_commands_and_survives_ctrl_c(model):
+    settings = SampleConfig(max_new_tokens=5, seed=0)
     out = io.StringIO()
     code = run_chat(
         model,
-        SampleConfig(max_new_tokens=5, seed=0),
+        settings,
         out,
-        scripted("/temp 0", KeyboardInterrupt, "the cat", "", "/nope", "héllo", "//a path"),
+        scripted("the cat", "/temp 0", KeyboardInterrupt, "the cat", "", "/nope", "//a path"),
     )
-    text = out.getvalue()
     assert code == 0
-    assert "temperature = 0.0" in text and "unknown command /nope" in text
-    assert text.count("unknown command") == 1  # "//a path" was a prompt, not a command
-    assert text.endswith("\n")
+
+    def reply(prompt: str, **options) -> str:
+        text = model.generate(prompt, settings=settings, **options)
+        return text if text.endswith("\n") else text + "\n"
+
+    sampled, greedy = reply("the cat"), reply("the cat", temperature=0)
+    assert sampled != greedy  # so the transcript shows which one /temp 0 gave
+    assert out.getvalue() == (
+        f"slm chat with {model.folder.name}: type a prompt; /help for commands, Ctrl-D to quit\n"
+        + sampled
+        + "temperature = 0.0\n"
+        + "\n"  # Ctrl-C at the prompt: a new line, and the loop goes on
+        + greedy  # /temp 0 made the next generation greedy
+        + "unknown command /nope; /help lists them\n"
+        + reply("/a path", temperature=0)  # "//a path" was a prompt, not a command
+        + "\n"  # Ctrl-D
+    )
 
 
 class InterruptingOutput(io.StringIO):

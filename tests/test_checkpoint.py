@@ -122,13 +122,16 @@ def test_corrupt_train_state_is_a_clear_error(tmp_path):
 
 
 def test_train_state_loads_without_executing_code(tmp_path):
+    marker = tmp_path / "owned"
+
     class Evil:
-        def __reduce__(self):
-            return (print, ("owned",))
+        def __reduce__(self):  # unpickling calls os.mkdir(marker): the side effect to watch
+            return (os.mkdir, (str(marker),))
 
     torch.save({"step": 1, "x": Evil()}, tmp_path / checkpoint.TRAIN_STATE_FILE)
     with pytest.raises(SLMError, match="corrupt"):
         checkpoint.load_train_state(tmp_path)
+    assert not marker.exists()
 
 
 def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path):

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from slm import checkpoint
+from slm.api import load
 from slm.cli.main import main
 from slm.errors import EXIT_FAILURE, EXIT_USAGE
 from slm.tokenizer.bpe import Tokenizer
@@ -70,6 +71,20 @@ def test_a_seed_reproduces_and_temperature_zero_is_greedy(run_dir, capsys):
     assert outputs[0]["text"] == outputs[1]["text"]
     texts = [json.loads(run(capsys, *args, "--temperature", "0")[1])["text"] for _ in range(2)]
     assert texts[0] == texts[1]
+
+
+def test_min_p_and_repetition_penalty_reach_the_sampler(run_dir, capsys):
+    base = ["generate", run_dir, "the cat", "--max-new-tokens", "12", "--json", "--seed", "3"]
+    greedy = texts(run(capsys, *base, "--temperature", "0")[1])
+    sampled = texts(run(capsys, *base)[1])
+    only_the_top = texts(run(capsys, *base, "--min-p", "1")[1])  # p >= 1 x p(most likely)
+    assert sampled != greedy and only_the_top == greedy
+    flags = ["--temperature", "0", "--repetition-penalty", "2"]
+    penalized = texts(run(capsys, *base, *flags)[1])
+    model = load(run_dir, device="cpu")
+    options = {"max_new_tokens": 12, "temperature": 0}
+    assert penalized == [model.generate("the cat", repetition_penalty=2.0, **options)]
+    assert penalized != greedy  # greedy text of random weights repeats itself
 
 
 def test_stop_strings_understand_escapes_and_are_not_printed(run_dir, capsys):
@@ -172,6 +187,13 @@ def test_chat_and_generate_i_run_the_prompt_loop(run_dir, capsys, monkeypatch):
     code, out, _ = run(capsys, "chat", run_dir, "--max-new-tokens", "10")
     assert code == 0
     assert "temperature = 0.0" in out and "max_new_tokens = 5" in out
+    # The replies were printed, greedy after /temp 0, and 5 tokens long after /max 5.
+    model = load(run_dir, device="cpu")
+    first = model.generate("the cat", max_new_tokens=10, temperature=0)
+    second = model.generate("héllo", max_new_tokens=5, temperature=0)
+    assert first.strip() and second.strip()
+    assert "max_new_tokens = 5\n" + second in out
+    assert "temperature = 0.0\n" + first in out
     lines = iter(["/quit"])
     code, _, _ = run(capsys, "generate", run_dir, "-i")
     assert code == 0

@@ -118,6 +118,18 @@ def test_cli_eval_json_on_text_files(model_dir, tmp_path, capsys):
     assert "bits/byte" in human and "perplexity" in human
 
 
+def test_cli_eval_stride_gives_each_token_more_context(trained_model_dir, tmp_path, capsys):
+    text = tmp_path / "learned.txt"
+    text.write_text((trained_model_dir / "learned.txt").read_text(encoding="utf-8")[:400])
+    scores = []
+    for flags in ([], ["--stride", "4"]):
+        assert main(["eval", str(trained_model_dir), str(text), "--json", *flags]) == 0
+        scores.append(json.loads(capsys.readouterr().out))
+    plain, strided = scores
+    assert plain["tokens"] == strided["tokens"] and plain["bytes"] == strided["bytes"]
+    assert strided["loss"] < 0.8 * plain["loss"]  # the model has learned this text
+
+
 def test_cli_eval_bad_inputs(model_dir, tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text(TEXT, encoding="utf-8")

@@ -197,10 +197,15 @@ def test_streaming_leaves_autograd_alone_between_pieces(model, tokenizer):
 
 
 def test_generate_text_takes_the_training_loops_arguments(model, tokenizer):
-    text = generate_text(
-        model, tokenizer, "", max_new_tokens=8, temperature=0.8, top_k=50, seed=1, device="cpu"
+    options = {"max_new_tokens": 8, "temperature": 0.8, "top_k": 50, "ignore_eot": True}
+    text = generate_text(model, tokenizer, "", seed=1, device="cpu", **options)
+    expected = generate(model, tokenizer, "", SampleConfig(seed=1, **options)).completions[0]
+    assert text == expected.text and len(expected.tokens) == 8
+    assert generate_text(model, tokenizer, "", seed=2, **options) != text  # the seed is used
+    greedy = generate_text(
+        model, tokenizer, "the cat", max_new_tokens=10, temperature=0, ignore_eot=True
     )
-    assert isinstance(text, str)
+    assert greedy == tokenizer.decode(naive_greedy(model, tokenizer, "the cat", 10))
 
 
 def test_small_models_decode_one_sample_on_one_thread():

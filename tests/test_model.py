@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,18 +18,27 @@ def tiny(**overrides) -> ModelConfig:
     return ModelConfig(**{**preset("tiny"), **overrides})
 
 
-def test_seed_preset_has_about_2_5m_parameters():
-    n = count_parameters(GPT(ModelConfig(**preset("seed-2.5m"))))
-    assert 2.4e6 < n < 2.7e6
+# The README's preset table, to the parameter: a change to the model's shape must show here.
+PRESET_PARAMETERS = {
+    "tiny": 139_584,
+    "seed-2.5m": 2_557_632,
+    "small": 10_424_448,
+    "medium": 29_893_120,
+    "124m": 123_587_328,
+}
 
 
-@pytest.mark.parametrize(
-    "name,low,high", [("tiny", 0, 1e6), ("small", 7e6, 14e6), ("medium", 22e6, 38e6)]
-)
-def test_presets_are_the_advertised_size(name, low, high):
-    with torch.device("meta"):
+@pytest.mark.parametrize("name", list(PRESET_PARAMETERS))
+def test_presets_are_the_advertised_size(name):
+    with torch.device("meta"):  # no memory, no init: 124m costs nothing
         model = GPT(ModelConfig(**preset(name)))
-    assert low < count_parameters(model) < high
+    assert count_parameters(model) == PRESET_PARAMETERS[name]
+
+
+def test_the_readme_table_gives_the_same_parameter_counts():
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `([\w.-]+)`[^\n]*\| ([\d,]+) \|$", readme, flags=re.MULTILINE)
+    assert {name: int(n.replace(",", "")) for name, n in rows} == PRESET_PARAMETERS
 
 
 def test_output_head_is_tied_to_embedding():

@@ -16,8 +16,11 @@ import torch
 from slm import checkpoint
 from slm.cli.main import main
 from slm.data.prepare import prepare
+from slm.data.prepared import BatchSampler
 from slm.errors import SLMError
-from slm.training.loop import TrainRequest, train
+from slm.training.loop import TrainRequest, _new_run, train
+from slm.training.progress import quiet
+from slm.training.run_folder import check_resume_point
 
 FAST = {"device": "cpu", "dtype": "float32", "sample_tokens": 0, "threads": 1}
 
@@ -113,19 +116,73 @@ def test_resumed_run_logs_the_same_losses_as_an_uninterrupted_one(prepared, tmp_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_gradient_accumulation_trains(prepared, tmp_path):
-    run_dir = _run(
-        prepared, tmp_path / "run", max_steps=6, batch_size=4, tokens_per_step=4 * 64 * 3
+def _new(prepared: Path, out: Path, **overrides):
+    """A run set up but not started (the loop's own `Run`), to drive one step at a time."""
+    settings = {**FAST, "compile": "off", "max_steps": 1, **overrides}
+    return _new_run(
+        TrainRequest(data=[str(prepared)], out=str(out), preset="tiny", overrides=settings), quiet
     )
-    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    assert record["tokens"] == 6 * 4 * 64 * 3
 
 
-def test_bf16_autocast_trains(prepared, tmp_path):
-    run_dir = _run(
-        prepared, tmp_path / "run", max_steps=40, dtype="bfloat16", lr=3e-3, eval_every=20
-    )
-    val = _losses(run_dir, "val_loss")
+class FixedBatches:
+    """A sampler that hands out the same windows every step, `batch_size` rows at a time."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int):
+        self.x, self.y, self.batch_size, self.at = x, y, batch_size, 0
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = slice(self.at, self.at + self.batch_size)
+        self.at = (self.at + self.batch_size) % len(self.x)
+        return self.x[rows], self.y[rows]
+
+
+def _one_step(run, x: torch.Tensor, y: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+    """Train one step on (x, y); returns its loss and the gradients the optimizer saw."""
+    run.sampler = FixedBatches(x, y, run.cfg.batch_size)
+    grads: dict[str, torch.Tensor] = {}
+    optimizer_step = run.optimizer.step
+
+    def step(*args, **kwargs):
+        grads.update({n: p.grad.clone() for n, p in run.model.named_parameters()})
+        return optimizer_step(*args, **kwargs)
+
+    run.optimizer.step = step
+    return run.train_step(1e-3), grads
+
+
+def test_accumulated_micro_batches_equal_one_big_batch(prepared, tmp_path):
+    """3 micro-batches of 4 give the gradients, loss and weights of one batch of 12."""
+    # No clipping: it would rescale a wrong-sized gradient back to norm 1 and hide it.
+    accumulated = _new(prepared, tmp_path / "a", batch_size=4, tokens_per_step=12 * 64, grad_clip=0)
+    whole = _new(prepared, tmp_path / "b", batch_size=12, grad_clip=0)
+    x, y = BatchSampler(whole.train_tokens, 12, 64, seed=5).next_batch()
+    assert (accumulated.budget.accum_steps, whole.budget.accum_steps) == (3, 1)
+    loss_a, grads_a = _one_step(accumulated, x, y)
+    loss_b, grads_b = _one_step(whole, x, y)
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    for name, grad in grads_b.items():
+        torch.testing.assert_close(grads_a[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+    weights_b = whole.model.state_dict()
+    for name, weight in accumulated.model.state_dict().items():
+        torch.testing.assert_close(weight, weights_b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow  # 8 s where bf16 matmuls are emulated (no AVX512-BF16/AMX)
+def test_bf16_autocast_runs_the_matmuls_in_bf16_and_keeps_fp32_weights(prepared, tmp_path):
+    run = _new(prepared, tmp_path / "run", max_steps=24, dtype="bfloat16", lr=3e-3, eval_every=12)
+    seen: set[torch.dtype] = set()
+    for module in run.model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(lambda _m, _args, out: seen.add(out.dtype))
+    try:
+        run.loop()
+    finally:
+        run.metrics.close()
+    assert seen == {torch.bfloat16}  # every projection, in training and evaluation
+    assert {p.dtype for p in run.model.parameters()} == {torch.float32}
+    state = run.optimizer.state.values()
+    assert {s["exp_avg"].dtype for s in state} == {torch.float32}
+    val = _losses(run.run_dir, "val_loss")
     assert val[-1] < val[0]
 
 
@@ -220,9 +277,7 @@ def test_cli_bad_setting_is_a_usage_error(prepared, tmp_path, capsys):
     assert "--d-model" in capsys.readouterr().err
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes(prepared, tmp_path):
-    """SIGINT mid-run: exit 130, a consistent checkpoint, and --resume finishes the schedule."""
-    out = tmp_path / "run"
+def _start_training(prepared: Path, out: Path, *flags: str) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
@@ -243,20 +298,37 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(prepared, tmp_path):
         "1",
         "--compile",
         "off",
+        *flags,
     ]
     # A shell that starts jobs in the background makes them ignore SIGINT, and Python keeps
     # an inherited "ignore": give the child the default disposition, as a terminal would.
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    deadline = time.time() + 60
-    while time.time() < deadline and not (out / "metrics.jsonl").exists():
-        time.sleep(0.2)
-    time.sleep(1.0)
+
+
+def _wait_for(proc: subprocess.Popen, ready, what: str, timeout_s: float = 120) -> None:
+    """Wait until `ready()`; fail, without sending anything, if it never comes."""
+    deadline = time.time() + timeout_s
+    while not ready():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"no {what} within {timeout_s:.0f} s:\n{err}")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_that_resumes(prepared, tmp_path):
+    """SIGINT mid-run: exit 130, a consistent checkpoint, and --resume finishes the schedule."""
+    out = tmp_path / "run"
+    proc = _start_training(prepared, out)
+    metrics = out / "metrics.jsonl"
+    _wait_for(proc, lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, "step")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -297,6 +369,31 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(prepared, tmp_path):
         )
     ).run_dir
     assert _losses(out) == _losses(straight)
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_quits_at_once_and_keeps_the_last_checkpoint(prepared, tmp_path):
+    """Two SIGINTs inside one step: no wait for the step, no save; the step before stays."""
+    out = tmp_path / "run"
+    # Steps of 200 micro-batches (~1 s), each saved, so both signals land inside step 2.
+    proc = _start_training(
+        prepared, out, "--tokens-per-step", str(200 * 8 * 64), "--save-every", "1"
+    )
+    files = (out / "train_state.pt", out / "model.safetensors")
+    _wait_for(proc, lambda: all(f.exists() for f in files), "checkpoint")
+    time.sleep(0.05)  # the second of the pair's two renames
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "stopped at once" in err and "Traceback" not in err
+    assert "checkpoint saved" not in err  # the half-done step was not saved
+    state = checkpoint.load_train_state(out)
+    assert state["step"] == 1 and len(_losses(out)) == 1
+    model = checkpoint.load_model(out)
+    check_resume_point(out, state)  # weights and state are of the same step
+    assert model.config.vocab_size > 0
 
 
 def test_a_failed_start_can_be_retried_with_the_same_out(prepared, tmp_path, capsys):
