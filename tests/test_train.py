@@ -18,9 +18,10 @@ from slm.cli.main import main
 from slm.data.prepare import prepare
 from slm.data.prepared import BatchSampler
 from slm.errors import SLMError
-from slm.training.loop import TrainRequest, _new_run, train
+from slm.training.loop import Run, TrainRequest, train
 from slm.training.progress import quiet
-from slm.training.run_folder import check_resume_point
+from slm.training.run_folder import RunGuard, check_resume_point
+from slm.training.setup import new_run
 
 FAST = {"device": "cpu", "dtype": "float32", "sample_tokens": 0, "threads": 1}
 
@@ -119,9 +120,12 @@ def test_resumed_run_logs_the_same_losses_as_an_uninterrupted_one(prepared, tmp_
 def _new(prepared: Path, out: Path, **overrides):
     """A run set up but not started (the loop's own `Run`), to drive one step at a time."""
     settings = {**FAST, "compile": "off", "max_steps": 1, **overrides}
-    return _new_run(
-        TrainRequest(data=[str(prepared)], out=str(out), preset="tiny", overrides=settings), quiet
-    )
+    request = TrainRequest(data=[str(prepared)], out=str(out), preset="tiny", overrides=settings)
+    with RunGuard() as guard:
+        parts = new_run(request, quiet, guard)
+    run = Run(parts, quiet)
+    run.start()
+    return run
 
 
 class FixedBatches:

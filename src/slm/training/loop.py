@@ -190,6 +190,18 @@ class Run:
             self._load_state(state)
             self.metrics.truncate_after(self.step)
 
+    def start(self) -> None:
+        """Ready the steps: DDP wraps the model (a collective: every rank calls it at once)
+        and the loss function is built, compiled where that pays."""
+        self.ddp = distributed.wrap(self.model, self.device, self.dist)
+        self.loss_fn = make_loss_fn(
+            self.ddp,
+            self.device,
+            self.dtype,
+            want_compile(self.cfg.compile, self.device, self.budget),
+            self.log,
+        )
+
     def _sampler(self, data: PreparedData, cfg: TrainConfig) -> Any:
         context_len = self.model_cfg.context_len
         ranks = {"rank": self.dist.rank, "world_size": self.dist.world_size}
@@ -212,14 +224,7 @@ class Run:
 
     def loop(self) -> TrainResult:
         """Train to the end of the budget, or until Ctrl-C / SIGTERM / --stop-after."""
-        self.ddp = distributed.wrap(self.model, self.device, self.dist)
-        self.loss_fn = make_loss_fn(
-            self.ddp,
-            self.device,
-            self.dtype,
-            want_compile(self.cfg.compile, self.device, self.budget),
-            self.log,
-        )
+        self.start()
         self._announce()
         self.progress.start(self.budget, self.step, self.elapsed_s)
         try:
