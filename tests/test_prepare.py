@@ -294,8 +294,10 @@ def peak_rss_mb(source: Path, out: Path, tokenizer: Path) -> int:
     return int(result.stdout.split()[-1])
 
 
-def write_text_file(path: Path, megabytes: int, make_corpus_text) -> None:
+def write_text_file(path: Path, megabytes: int, make_corpus_text, newlines: bool = True) -> None:
     blocks = [make_corpus_text(170_000, seed=s) for s in range(4)]  # ~1 MB each
+    if not newlines:
+        blocks = [block.replace("\n", " ") for block in blocks]
     with open(path, "w", encoding="utf-8") as f:
         written = 0
         while written < megabytes * 1_000_000:
@@ -316,4 +318,20 @@ def test_memory_stays_flat_as_the_corpus_grows(
     large_mb = peak_rss_mb(large, tmp_path / "large_out", small_tokenizer_file)
     print(f"peak RSS: 5 MB corpus {small_mb} MiB, 50 MB corpus {large_mb} MiB")
     # Holding the extra 45 MB of text (or its ids) would add 45 MB or more.
+    assert large_mb < small_mb + 25
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+def test_a_file_with_no_newline_at_all_streams_in_flat_memory(
+    tmp_path: Path, small_tokenizer_file: Path, make_corpus_text
+) -> None:
+    """One 50 MB line: it is cut into pieces as it is read, never held whole."""
+    small, large = tmp_path / "small.txt", tmp_path / "large.txt"
+    write_text_file(small, 5, make_corpus_text, newlines=False)
+    write_text_file(large, 50, make_corpus_text, newlines=False)
+    assert b"\n" not in large.read_bytes()[:10_000_000]
+    small_mb = peak_rss_mb(small, tmp_path / "small_out", small_tokenizer_file)
+    large_mb = peak_rss_mb(large, tmp_path / "large_out", small_tokenizer_file)
+    print(f"peak RSS, no newline: 5 MB {small_mb} MiB, 50 MB {large_mb} MiB")
     assert large_mb < small_mb + 25

@@ -81,6 +81,8 @@ def _engines(ours: Any, work: Path, new_tokens: int) -> tuple[dict[str, Any], li
     """name -> (decode function, logits function) for every engine that can run here."""
     prompt = prompt_of(ours.tokenizer, PROMPT_TOKENS)
     ids = ours.tokenizer.encode(prompt)
+    # llama.cpp cannot decode past its context (slm slides its window): stay inside it
+    new_tokens = min(new_tokens, ours.config.context_len - len(ids))
 
     def slm_decode() -> int:
         out = ours.complete(prompt, max_new_tokens=new_tokens, temperature=0.0, ignore_eot=True)

@@ -77,40 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
+    common: dict[str, Any] = {
+        "tokenizer_path": args.tokenizer,
+        "vocab_size": args.vocab_size,
+        "val_fraction": args.val_fraction,
+        "seed": args.seed,
+        "force": args.force,
+        "log": _log,
+    }
     if args.chat:
-        return _prepare_chat(args)
-    from slm.data.prepare import prepare
+        from slm.data.chat import prepare_chat
 
-    summary = prepare(
-        args.sources,
-        args.out,
-        vocab_size=args.vocab_size,
-        tokenizer_path=args.tokenizer,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        glob=args.glob,
-        text_field=args.text_field,
-        force=args.force,
-        log=_log,
-    )
-    print(summary.format())
-    return 0
+        summary: Any = prepare_chat(args.sources, args.out, context_len=args.context_len, **common)
+    else:
+        from slm.data.prepare import prepare
 
-
-def _prepare_chat(args: argparse.Namespace) -> int:
-    from slm.data.chat import prepare_chat
-
-    summary = prepare_chat(
-        args.sources,
-        args.out,
-        tokenizer_path=args.tokenizer,
-        vocab_size=args.vocab_size,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        context_len=args.context_len,
-        force=args.force,
-        log=_log,
-    )
+        summary = prepare(
+            args.sources, args.out, glob=args.glob, text_field=args.text_field, **common
+        )
     print(summary.format())
     return 0
 
