@@ -123,3 +123,18 @@ def test_a_missing_source_is_one_clear_error(tmp_path, capsys):
 def test_unknown_python_settings_are_refused_with_a_hint(tmp_path):
     with pytest.raises(SLMError, match="did you mean 'max_steps'"):
         slm.train(out=tmp_path / "r", max_step=5)
+
+
+def test_a_transformers_llama_folder_can_be_fine_tuned(base_run, text_b_dir, tmp_path):
+    """--init-from takes an HF folder too (here the base model exported to transformers)."""
+    pytest.importorskip("transformers")
+    from slm.export.hf import export_hf
+
+    export_hf(base_run, tmp_path / "hf")
+    run = slm.train(
+        str(text_b_dir), init_from=tmp_path / "hf", out=tmp_path / "ft", max_steps=3, **FAST
+    ).run_dir
+    assert json.loads((run / "run.json").read_text())["init_from"]["folder"].endswith("hf")
+    before, after = slm.load(tmp_path / "hf", device="cpu"), slm.load(run, device="cpu")
+    text = _text_b(5, seed=99)
+    assert after.score(text) < before.score(text)
