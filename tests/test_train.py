@@ -460,3 +460,36 @@ def test_a_python_caller_sees_progress_through_its_own_object(prepared, tmp_path
     assert [e[1] for e in recorder.events if e[0] == "step"] == [1, 2, 3, 4, 5, 6]
     evals = [e[1] for e in recorder.events if e[0] == "line"]
     assert len(evals) == 2 and all("bits/byte" in line for line in evals)
+
+
+def test_out_of_memory_halves_the_micro_batch_and_trains_the_same_windows(prepared, tmp_path):
+    """A batch that does not fit becomes accumulated halves: same step, same loss."""
+    fits = _new(prepared, tmp_path / "a", batch_size=4, tokens_per_step=16 * 64, grad_clip=0)
+    big = _new(prepared, tmp_path / "b", batch_size=16, grad_clip=0)
+    real_loss = big.loss_fn
+
+    def tight_memory(x, y):
+        if x.shape[0] > 4:  # as a GPU would with a micro-batch over 4
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_loss(x, y)
+
+    big.loss_fn = tight_memory
+    messages: list[str] = []
+    big.log = messages.append
+    assert big.train_step(1e-3) == pytest.approx(fits.train_step(1e-3), rel=1e-5)
+    assert (big.sampler.batch_size, big.budget.accum_steps) == (4, 4)
+    assert big.budget.tokens_per_step == fits.budget.tokens_per_step
+    assert len(messages) == 2 and "out of memory at micro-batch 16" in messages[0]
+    for name, weight in big.model.state_dict().items():
+        torch.testing.assert_close(weight, fits.model.state_dict()[name], rtol=1e-4, atol=1e-6)
+
+
+def test_out_of_memory_at_batch_one_is_one_clear_error(prepared, tmp_path):
+    run = _new(prepared, tmp_path / "a", batch_size=1)
+
+    def no_memory(x, y):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    run.loss_fn = no_memory
+    with pytest.raises(SLMError, match="out of memory at micro-batch 1"):
+        run.train_step(1e-3)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -307,7 +307,39 @@ class Run:
         return "done"
 
     def train_step(self, lr: float) -> float:
-        """One optimizer step over `accum_steps` micro-batches; returns the mean loss."""
+        """One optimizer step; out of memory, it halves the micro-batch and tries again.
+
+        The first steps are the probe: a batch that does not fit becomes two of half the
+        size, accumulated, until it does, so `--tokens-per-step` (and, since the sampler's
+        stream is drawn in order, the very windows of each step) stay what was asked.
+        """
+        sampler_state = {k: v.clone() for k, v in self.sampler.state_dict().items()}
+        while True:
+            try:
+                return self._step(lr)
+            except torch.OutOfMemoryError:
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self._halve_micro_batch()
+                self.sampler.load_state_dict(sampler_state)
+
+    def _halve_micro_batch(self) -> None:
+        batch = self.sampler.batch_size
+        if batch == 1 or self.dist.enabled:
+            hint = "lower --context-len or use a smaller model"
+            if self.dist.enabled:  # the other ranks are inside the same all-reduce: stop all
+                hint = "lower --batch-size (raise --tokens-per-step to keep the step size)"
+            raise SLMError(f"out of memory at micro-batch {batch}", hint=hint)
+        self.sampler.batch_size = batch // 2
+        accum = self.budget.accum_steps * 2  # an odd batch loses a window a micro-batch
+        self.budget = replace(self.budget, accum_steps=accum)
+        self.log(
+            f"warning: out of memory at micro-batch {batch}; continuing with {batch // 2} "
+            f"x {accum} accumulated"
+        )
+
+    def _step(self, lr: float) -> float:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = 0.0
