@@ -79,3 +79,55 @@ def test_a_two_process_checkpoint_resumes_in_one_process_and_back(prepared, tmp_
     a, b = _metrics(straight), _metrics(hopping)
     assert [r["step"] for r in b] == list(range(1, 13))
     assert [r["train_loss"] for r in b] == pytest.approx([r["train_loss"] for r in a], rel=1e-5)
+
+
+def _start_torchrun(args: list[str]) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    return subprocess.Popen(
+        [*command, "--standalone", "-m", "slm", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_metrics(run_dir: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "metrics.jsonl").exists() and (run_dir / "train_state.pt").exists():
+            return
+        time.sleep(0.1)
+    raise AssertionError(proc.communicate()[1][-3000:] if proc.poll() is not None else "timeout")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["sigterm to torchrun", "kill -9 of one rank"])
+def test_the_ranks_stop_together_and_the_checkpoint_stays_whole(prepared, tmp_path, fault):
+    import signal
+    import time
+
+    from slm import checkpoint
+
+    run = tmp_path / "run"
+    args = [*FLAGS, "--max-steps", "100000", "--batch-size", "4", "--save-every", "5"]
+    proc = _start_torchrun(["train", str(prepared), *args, "--out", str(run)])
+    _wait_for_metrics(run, proc)
+    start = time.time()
+    if fault == "sigterm to torchrun":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+        os_pids = [int(p) for p in workers.stdout.split()]
+        assert len(os_pids) == 2, workers.stdout
+        subprocess.run(["kill", "-9", str(os_pids[-1])], check=True)
+    _, err = proc.communicate(timeout=120)
+    assert time.time() - start < 60  # no rank hangs on a collective
+    assert proc.returncode != 0
+    state = checkpoint.load_train_state(run)  # the last checkpoint is whole and loadable
+    assert checkpoint.load_model(run) is not None and state["step"] >= 5
+    if fault == "sigterm to torchrun":
+        assert "SIGTERM: stopping after this step" in err
+        steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").open()]
+        assert state["step"] == steps[-1]  # both ranks stopped at the step that was saved
