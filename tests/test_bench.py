@@ -94,10 +94,12 @@ def test_slm_bench_quick_runs_end_to_end_and_writes_its_results(tmp_path, capsys
     (json_path,) = tmp_path.glob("*.json")
     results = load_results(json_path)
     assert {"machine", "peak", "prepare", "train", "generate"} <= set(results)
-    assert [(r["dtype"], r["compile"]) for r in results["train"]] == [
-        ("float32", False),
-        ("bfloat16", False),
-    ]
+    # bf16 is measured only where its matmuls are not emulated (at least 1/4 of fp32's peak)
+    peaks = {d: r["gflops"]["median"] for d, r in results["peak"].items()}
+    bf16 = [("bfloat16", False)] if peaks["bfloat16"] >= peaks["float32"] / 4 else []
+    assert [(r["dtype"], r["compile"]) for r in results["train"]] == [("float32", False), *bf16]
+    if not bf16:
+        assert "bf16 matmuls are emulated" in err
     assert all(r["tokens_per_s"]["median"] > 0 for r in results["train"])
     table = json_path.with_suffix(".md").read_text(encoding="utf-8")
     assert out == table  # the table is the product: stdout

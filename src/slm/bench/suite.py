@@ -228,9 +228,13 @@ def run_suite(log: Log, quick: bool = False, compile_cpu: bool = True) -> dict[s
         f"{results['prepare']['encode_mb_per_s']['median']:.2f} MB/s encoding"
     )
     results["train"] = []
-    variants = [("float32", False), ("bfloat16", False)]
-    if compile_cpu:
-        variants += [("float32", True), ("bfloat16", True)]
+    dtypes = ["float32"]
+    peaks = {d: r["gflops"]["median"] for d, r in results["peak"].items()}
+    if peaks["bfloat16"] >= peaks["float32"] / 4:
+        dtypes.append("bfloat16")
+    else:  # emulated (no AVX512-BF16/AMX): minutes per row, and training would never use it
+        log("train bfloat16: skipped, bf16 matmuls are emulated on this processor")
+    variants = [(d, False) for d in dtypes] + ([(d, True) for d in dtypes] if compile_cpu else [])
     for preset_name in TRAIN_PRESETS:
         for dtype_name, compile_it in variants:
             r = run_isolated(train_throughput, preset_name, 16, dtype_name, compile_it, steps)
