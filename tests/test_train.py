@@ -139,6 +139,12 @@ class FixedBatches:
         self.at = (self.at + self.batch_size) % len(self.x)
         return self.x[rows], self.y[rows]
 
+    def state_dict(self) -> dict[str, int]:
+        return {"at": self.at}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.at = state["at"]
+
 
 def _one_step(run, x: torch.Tensor, y: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
     """Train one step on (x, y); returns its loss and the gradients the optimizer saw."""

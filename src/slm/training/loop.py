@@ -15,6 +15,7 @@ and SIGTERM `slm.training.stop`'s. The model is `slm.model`, the folder format
 
 from __future__ import annotations
 
+import copy
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -313,7 +314,7 @@ class Run:
         size, accumulated, until it does, so `--tokens-per-step` (and, since the sampler's
         stream is drawn in order, the very windows of each step) stay what was asked.
         """
-        sampler_state = {k: v.clone() for k, v in self.sampler.state_dict().items()}
+        sampler_state = copy.deepcopy(self.sampler.state_dict())
         while True:
             try:
                 return self._step(lr)
