@@ -250,7 +250,10 @@ class Generation:
             banned,
             self.use_cache,
         )
-        samples = [SampleText(tokenizer, settings.stop) for _ in range(settings.num_samples)]
+        samples = [
+            SampleText(tokenizer, settings.stop, settings.max_new_tokens)
+            for _ in range(settings.num_samples)
+        ]
         # 2. Prefill, then one token per step until every sample has finished.
         tokens = decoder.prefill()
         first_token_s = time.perf_counter() - started
@@ -261,7 +264,7 @@ class Generation:
             for index, (sample, token) in enumerate(zip(samples, tokens, strict=True)):
                 if sample.done:
                     continue
-                text = self._advance(sample, token)
+                text = sample.advance(token)
                 if sample.done:
                     sample.elapsed_s = now
                     yield Piece(index, text, sample.finish_reason)
@@ -276,15 +279,6 @@ class Generation:
             first_token_s,
             time.perf_counter() - started,
         )
-
-    def _advance(self, sample: SampleText, token: int) -> str:
-        if token in self.tokenizer.end_ids:
-            sample.tokens.append(token)
-            return sample.close("stop")
-        text = sample.push(token)
-        if len(sample.tokens) == self.settings.max_new_tokens:
-            text += sample.close("length")
-        return text
 
 
 def generate(

@@ -86,8 +86,10 @@ class SampleText:
     decoder keeps those bytes until the character is complete (invalid bytes become U+FFFD).
     """
 
-    def __init__(self, tokenizer: Tokenizer, stops: tuple[str, ...]):
+    def __init__(self, tokenizer: Tokenizer, stops: tuple[str, ...], max_tokens: int = 0):
         self.token_bytes = tokenizer.token_bytes
+        self.end_ids = tokenizer.end_ids
+        self.max_tokens = max_tokens  # 0: no limit here (the caller stops)
         self.stops = stops
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.held = ""
@@ -99,6 +101,18 @@ class SampleText:
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
+
+    def advance(self, token: int) -> str:
+        """Take one generated token: an end token (end of text, end of a chat turn) closes
+        the sample as "stop", the `max_tokens`-th one as "length"; returns the text released.
+        The one rule shared by `slm.generation.generation` and the server's engine."""
+        if token in self.end_ids:
+            self.tokens.append(token)
+            return self.close("stop")
+        text = self.push(token)
+        if len(self.tokens) == self.max_tokens:
+            text += self.close("length")
+        return text
 
     def push(self, token: int) -> str:
         """Add a token; return the text it releases (may be empty)."""

@@ -252,7 +252,7 @@ class Engine:
             buffer.to(self.device),
             length,
             length,
-            [SampleText(self.tokenizer, settings.stop) for _ in range(n)],
+            [SampleText(self.tokenizer, settings.stop, settings.max_new_tokens) for _ in range(n)],
             make_generator(settings.seed, self.device),
         )
         one = KVCache(self.model.config, 1, length, device=self.device, dtype=self.cache.k.dtype)
@@ -316,18 +316,12 @@ class Engine:
 
     def _advance(self, active: _Active, tokens: list[int]) -> None:
         """Each sample's new token becomes text; emit it, and the end of a finished sample."""
-        emit, limit = active.request.emit, active.request.settings.max_new_tokens
+        emit = active.request.emit
         for index, (sample, token) in enumerate(zip(active.samples, tokens, strict=True)):
             if sample.done:
                 continue
             self.stats.tokens += 1
-            if token in self.tokenizer.end_ids:
-                sample.tokens.append(token)
-                text = sample.close("stop")
-            else:
-                text = sample.push(token)
-                if len(sample.tokens) == limit:
-                    text += sample.close("length")
+            text = sample.advance(token)
             if sample.done:
                 emit(Piece(index, text, sample.finish_reason))
             elif text:
