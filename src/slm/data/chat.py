@@ -34,6 +34,7 @@ from slm.chat_template import CHATML, IM_END, IM_START, ROLES, Message, write_te
 from slm.data.prepare import check_out, replace_folder, staging_folder, token_dtype
 from slm.data.prepared import FORMAT_VERSION, META_FILE, SPLITS, TOKENIZER_FILE
 from slm.errors import EXIT_USAGE, SLMError
+from slm.fileio import write_json
 from slm.tokenizer.bpe import MAX_VOCAB, MIN_VOCAB, Tokenizer
 
 CHAT_INDEX_SUFFIX = ".chat.npy"
@@ -176,9 +177,13 @@ def prepare_chat(
     """
     out = Path(out)
     if not sources:
-        raise SLMError("--chat needs at least one JSONL file of conversations", exit_code=2)
+        raise SLMError(
+            "--chat needs at least one JSONL file of conversations", exit_code=EXIT_USAGE
+        )
     if not 0 < val_fraction < 1:
-        raise SLMError(f"--val-fraction must be between 0 and 1, got {val_fraction}", exit_code=2)
+        raise SLMError(
+            f"--val-fraction must be between 0 and 1, got {val_fraction}", exit_code=EXIT_USAGE
+        )
     check_out(out, force)
     # 1. Read and check every conversation.
     conversations: list[tuple[int, list[Message]]] = []
@@ -230,8 +235,6 @@ def prepare_chat(
             "splits": stats,
             "skipped_lines": [s.line for s in skipped],
         }
-        from slm.fileio import write_json
-
         write_json(staging / META_FILE, meta)
         replace_folder(staging, out)
     return ChatSummary(

@@ -13,17 +13,17 @@ of where the run came from. The loop itself is `slm.training.loop`'s.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from slm import checkpoint
-from slm.config import ModelConfig
+from slm.config import ModelConfig, TrainConfig
 from slm.errors import EXIT_USAGE, SLMError
 from slm.model import GPT
 from slm.tokenizer.bpe import Tokenizer
+from slm.training.metrics import METRICS_FILE, read_metrics
 
 # A fine-tune starts from weights that already model language: a peak rate ~7x below the
 # from-scratch 2e-3 keeps more of what they know. Measured by benchmarks/bench_finetune.py
@@ -81,10 +81,10 @@ def grow_vocab(model: GPT, vocab_size: int) -> GPT:
     return grown
 
 
-def finetune_settings(file_and_flags: dict[str, Any], has_budget: bool) -> dict[str, Any]:
+def finetune_settings(file_and_flags: dict[str, Any]) -> dict[str, Any]:
     """Fine-tune defaults under the user's settings (a config file and flags win)."""
     settings = {**FINETUNE_DEFAULTS, **file_and_flags}
-    if not has_budget:
+    if not TrainConfig.from_dict(settings).has_budget:
         settings["epochs"] = FINETUNE_EPOCHS
     return settings
 
@@ -114,15 +114,7 @@ def _sha256(path: Path) -> str:
 
 def _last_val_bpb(folder: Path) -> float | None:
     """The source run's last validation bits per byte, if it was a run folder."""
-    metrics = folder / "metrics.jsonl"
-    if not metrics.is_file():
-        return None
-    last = None
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and "val_bpb" in record:
-            last = record["val_bpb"]
-    return last
+    path = folder / METRICS_FILE
+    records = read_metrics(path) if path.is_file() else []
+    values = [r["val_bpb"] for r in records if isinstance(r, dict) and "val_bpb" in r]
+    return values[-1] if values else None

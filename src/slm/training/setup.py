@@ -99,7 +99,7 @@ def resolve_settings(
     if base is not None:
         refuse_shape_changes({**file_model, **flag_model}, base)
         model_settings = base.to_dict()
-        train_settings = finetune_settings(train_settings, has_budget(train_settings))
+        train_settings = finetune_settings(train_settings)
         train_settings["init_from"] = request.init_from
     else:
         model_settings = preset(name)
@@ -114,10 +114,6 @@ def resolve_settings(
     if not train_cfg.has_budget:
         train_cfg = replace(train_cfg, max_time=DEFAULT_MAX_TIME)
     return model_cfg, train_cfg
-
-
-def has_budget(train_settings: dict[str, Any]) -> bool:
-    return any(train_settings.get(k) for k in ("max_steps", "max_tokens", "max_time", "epochs"))
 
 
 def new_run(request: TrainRequest, log: Log, guard: RunGuard) -> RunParts:
