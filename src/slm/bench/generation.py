@@ -10,9 +10,10 @@ neighbour's burst of CPU use shows as spread rather than as a wrong median.
 
 Figures: tokens/s for 256 new tokens after a 32-token prompt, at batch 1 and 8, with and without
 the cache, with 1 thread and with every core; time to the first token; the batch-1 decode step
-(the lean one of `slm.generation.decode_step` that generation uses, and the same step through
-`GPT.forward` as its baseline, interleaved) against the time of the step's matrix products alone
-(the arithmetic floor) and of sampling; and the peak RSS of a real `slm generate` process.
+(the numpy one of `slm.generation.cpu_step` that CPU generation uses, the torch one of
+`slm.generation.decode_step`, and the same step through `GPT.forward`, interleaved) against
+the time of the step's matrix products alone in numpy and in torch (the arithmetic floors) and
+of sampling; and the peak RSS of a real `slm generate` process.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +35,7 @@ from slm.bench.measure import summarize
 from slm.checkpoint import TOKENIZER_FILE, save_model
 from slm.config import PRESETS, ModelConfig, SampleConfig
 from slm.device import available_cores
+from slm.generation.cpu_step import lean_step, prepared_weights
 from slm.generation.decode_step import DecodeStep
 from slm.generation.generation import generate
 from slm.generation.sampling import make_generator, sample_next_token
@@ -157,47 +160,59 @@ def _top_level_ops(fn: Any) -> int:
 
 @torch.inference_mode()
 def anatomy(model: GPT, threads: int, steps: int) -> dict[str, float]:
-    """Batch-1 decode step in parts: the lean step generation uses, the same step through
-    `GPT.forward` (the baseline it replaced), the matrix products alone, and sampling."""
+    """Batch-1 decode step in parts: the step generation uses (numpy on the CPU), the torch
+    step (what other devices use, and the CPU used before), the same step through
+    `GPT.forward`, the matrix products alone in numpy and in torch, and sampling."""
     torch.set_num_threads(threads)
     config = model.config
     cache = KVCache(config, 1)
     model(torch.randint(0, config.vocab_size, (1, 64)), cache, last_only=True)
     token = torch.zeros(1, dtype=torch.long)
-    lean = DecodeStep(model, cache)
+    steps_by_name = {
+        "model_step_us": lean_step(model, cache),
+        "torch_step_us": DecodeStep(model, cache),
+        "forward_step_us": lambda t: model(t[:, None], cache, last_only=True),
+    }
 
-    def step() -> None:
-        cache.pos = 64  # decode at a fixed position: every call does the same work
-        lean(token)
+    def at_64(step: Any) -> Any:
+        def run() -> None:
+            cache.pos = 64  # decode at a fixed position: every call does the same work
+            step(token)
 
-    def forward_step() -> None:
-        cache.pos = 64
-        model(token[:, None], cache, last_only=True)
+        return run
 
     # The arithmetic: every weight matrix applied to one vector, nothing else.
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     weights.append(model.tok_emb.weight)  # the tied output head
     vectors = [torch.randn(1, 1, w.shape[1]) for w in weights]
 
-    def matmuls() -> None:
+    def torch_matmuls() -> None:
         for w, x in zip(weights, vectors, strict=True):
             F.linear(x, w)
 
+    packed = prepared_weights(model)
+    matrices = [m for layer in packed.layers for m in layer] + [packed.head]
+    rows = [np.ones((1, m.shape[0]), dtype=np.float32) for m in matrices]
+
+    def numpy_matmuls() -> None:
+        for m, x in zip(matrices, rows, strict=True):
+            x @ m
+
     logits = torch.randn(1, config.vocab_size)
     settings, generator = SampleConfig(), make_generator(0)
-    # Interleaved rounds, so both steps see the same neighbours' load.
-    lean_us, forward_us = [], []
+    # Interleaved rounds, so every step sees the same neighbours' load.
+    times: dict[str, list[float]] = {name: [] for name in steps_by_name}
     for _ in range(5):
-        lean_us.append(_median_us(step, steps // 5, rounds=1))
-        forward_us.append(_median_us(forward_step, steps // 5, rounds=1))
+        for name, step in steps_by_name.items():
+            times[name].append(_median_us(at_64(step), steps // 5, rounds=1))
     return {
         "threads": threads,
-        "model_step_us": statistics.median(lean_us),
-        "forward_step_us": statistics.median(forward_us),
-        "matmul_floor_us": _median_us(matmuls, steps),
+        **{name: statistics.median(values) for name, values in times.items()},
+        "matmul_floor_us": _median_us(numpy_matmuls, steps),
+        "torch_matmul_floor_us": _median_us(torch_matmuls, steps),
         "sampling_us": _median_us(lambda: sample_next_token(logits, settings, generator), steps),
-        "torch_ops_per_step": _top_level_ops(step),
-        "forward_ops_per_step": _top_level_ops(forward_step),
+        "torch_ops_per_step": _top_level_ops(at_64(steps_by_name["torch_step_us"])),
+        "forward_ops_per_step": _top_level_ops(at_64(steps_by_name["forward_step_us"])),
     }
 
 
@@ -278,19 +293,21 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, str]]:
     for a in result["anatomy"]:
         rows.append(
             {
-                "what": f"decode step B1, {a['threads']} thread(s): model / matmuls / sampling",
+                "what": f"decode step B1, {a['threads']} thread(s): numpy step / its matmuls "
+                "/ sampling",
                 "figure": f"{a['model_step_us']:.0f} / {a['matmul_floor_us']:.0f} / "
-                f"{a['sampling_us']:.0f} us, {a['torch_ops_per_step']} torch ops",
+                f"{a['sampling_us']:.0f} us",
                 "spread": "—",
             }
         )
-        if "forward_step_us" in a:
+        if "torch_step_us" in a:
             rows.append(
                 {
-                    "what": f"decode step B1, {a['threads']} thread(s), through GPT.forward "
-                    "(baseline)",
-                    "figure": f"{a['forward_step_us']:.0f} us, {a['forward_ops_per_step']} "
-                    f"torch ops ({a['forward_step_us'] / a['model_step_us']:.2f}x the lean step)",
+                    "what": f"decode step B1, {a['threads']} thread(s): torch step / its "
+                    "matmuls / GPT.forward",
+                    "figure": f"{a['torch_step_us']:.0f} / {a['torch_matmul_floor_us']:.0f} / "
+                    f"{a['forward_step_us']:.0f} us ({a['torch_step_us'] / a['model_step_us']:.2f}"
+                    f"x / {a['forward_step_us'] / a['model_step_us']:.2f}x the numpy step)",
                     "spread": "—",
                 }
             )

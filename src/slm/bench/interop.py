@@ -3,11 +3,11 @@ consumer's logits are from slm's, and batch-1 greedy decode speed side by side.
 
 Engines: slm (`LoadedModel.complete`), transformers (`generate` on the hf export) and
 llama.cpp through llama-cpp-python on the GGUF export in f32 and q8_0; those whose package is
-missing are left out and named. All run on one thread (llama.cpp's default and slm's choice
-for a small model at batch 1), in interleaved rounds so that a noisy neighbour slows every
-engine alike; each figure is the median of the rounds with its spread. Each round decodes
-`new_tokens` greedily after a `PROMPT_TOKENS`-token prompt, timed as a whole call (prefill
-included, as `slm generate --stats` reports it).
+missing are left out and named. All run on the same number of threads (1 by default:
+llama.cpp's default and slm's choice for a small model at batch 1), in interleaved rounds
+so that a noisy neighbour slows every engine alike; each figure is the median of the rounds
+with its spread. Each round decodes `new_tokens` greedily after a `PROMPT_TOKENS`-token
+prompt, timed as a whole call (prefill included, as `slm generate --stats` reports it).
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ def interop_suite(
     rounds: int = 5,
     new_tokens: int = 128,
     log: Callable[[str], None] = lambda _m: None,
+    threads: tuple[int, ...] = (1,),
 ) -> dict[str, Any]:
-    """Every interop figure for `model_dir` (default: seed-2.5m with random weights)."""
-    torch.set_num_threads(1)
+    """Every interop figure for `model_dir` (default: seed-2.5m with random weights); decode
+    speed once per thread count in `threads`, every engine on that many threads."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if model_dir is None:
@@ -48,10 +49,15 @@ def interop_suite(
         import slm
 
         ours = slm.load(model_dir, device="cpu")
-        engines, missing = _engines(ours, work, new_tokens)
-        result["missing"] = missing
-        result["logit_max_abs_diff"] = logit_diffs(ours.config, engines)
-        result["decode_tokens_per_s"] = decode_speeds(engines, rounds, log)
+        result["decode_tokens_per_s"] = {}
+        for count in threads:
+            torch.set_num_threads(count)
+            engines, missing = _engines(ours, work, new_tokens, count)
+            if "logit_max_abs_diff" not in result:
+                result["missing"] = missing
+                result["logit_max_abs_diff"] = logit_diffs(ours.config, engines)
+            speeds = decode_speeds(engines, rounds, lambda m, c=count: log(f"{c} thread(s): {m}"))
+            result["decode_tokens_per_s"][str(count)] = speeds
     return result
 
 
@@ -77,7 +83,9 @@ def exports(model_dir: Path, work: Path) -> dict[str, dict[str, float]]:
     return {k: {"time_s": r.time_s, "size_mb": r.size_bytes / 1e6} for k, r in done.items()}
 
 
-def _engines(ours: Any, work: Path, new_tokens: int) -> tuple[dict[str, Any], list[str]]:
+def _engines(
+    ours: Any, work: Path, new_tokens: int, threads: int
+) -> tuple[dict[str, Any], list[str]]:
     """name -> (decode function, logits function) for every engine that can run here."""
     prompt = prompt_of(ours.tokenizer, PROMPT_TOKENS)
     ids = ours.tokenizer.encode(prompt)
@@ -101,9 +109,11 @@ def _engines(ours: Any, work: Path, new_tokens: int) -> tuple[dict[str, Any], li
     if importlib.util.find_spec("llama_cpp") and (work / "model-f32.gguf").is_file():
         for dtype in ("f32", "q8_0"):
             path = work / f"model-{dtype}.gguf"
-            engines[f"llama.cpp {dtype}"] = _llama_cpp_engine(path, ids, new_tokens, ours.config)
+            engines[f"llama.cpp {dtype}"] = _llama_cpp_engine(
+                path, ids, new_tokens, ours.config, threads
+            )
         engines["llama.cpp f16 (logits only)"] = _llama_cpp_engine(
-            work / "model-f16.gguf", ids, new_tokens, ours.config
+            work / "model-f16.gguf", ids, new_tokens, ours.config, threads
         )
     else:
         missing.append("llama.cpp (llama-cpp-python)")
@@ -133,15 +143,17 @@ def _transformers_engine(folder: Path, ids: list[int], new_tokens: int) -> tuple
     return decode, logits
 
 
-def _llama_cpp_engine(path: Path, ids: list[int], new_tokens: int, config: Any) -> tuple[Any, Any]:
+def _llama_cpp_engine(
+    path: Path, ids: list[int], new_tokens: int, config: Any, threads: int
+) -> tuple[Any, Any]:
     import llama_cpp
 
     def load(**options: Any) -> Any:
         return llama_cpp.Llama(
             str(path),
             n_ctx=config.context_len,
-            n_threads=1,
-            n_threads_batch=1,
+            n_threads=threads,
+            n_threads_batch=threads,
             verbose=False,
             **options,
         )
@@ -211,13 +223,23 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|",
     ]
     lines += [f"| {name} | {d:.2g} |" for name, d in diffs.items()]
-    lines += [
-        "",
-        f"| engine, batch 1, 1 thread, {result['new_tokens']} new tokens | tokens/s | spread |",
-    ]
-    lines.append("|---|---|---|")
-    for name, s in result["decode_tokens_per_s"].items():
-        lines.append(f"| {name} | {s['median']:,.0f} | {s['spread']:.0%} |")
+    speeds = result["decode_tokens_per_s"]
+    counts = list(speeds)
+    header = " | ".join(f"{c} thread{'s' if c != '1' else ''}: tokens/s (spread)" for c in counts)
+    lines += ["", f"| engine, batch 1, {result['new_tokens']} new tokens | {header} |"]
+    lines.append("|---|" + "---|" * len(counts))
+    for name in speeds[counts[0]]:
+        cells = " | ".join(
+            f"{speeds[c][name]['median']:,.0f} ({speeds[c][name]['spread']:.0%})" for c in counts
+        )
+        lines.append(f"| {name} | {cells} |")
+    if "slm" in speeds[counts[0]] and "llama.cpp f32" in speeds[counts[0]]:
+        ratios = ", ".join(
+            f"{speeds[c]['slm']['median'] / speeds[c]['llama.cpp f32']['median']:.2f}x "
+            f"on {c} thread{'s' if c != '1' else ''}"
+            for c in counts
+        )
+        lines.append(f"\nslm / llama.cpp f32 (same weights): {ratios}.")
     if result["missing"]:
         lines.append(f"\nNot measured (not installed): {', '.join(result['missing'])}.")
     return "\n".join(lines) + "\n"

@@ -70,6 +70,10 @@ def machine_slug(info: dict[str, Any]) -> str:
     return f"{slug}-{info['cores']}c"
 
 
+def _quiet(_message: str) -> None:
+    """A log for work run in another process (a lambda cannot be sent there)."""
+
+
 def run_isolated(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
     """Run `fn(*args)` in a fresh spawned process and return its result.
 
@@ -262,10 +266,14 @@ def run_suite(log: Log, quick: bool = False, compile_cpu: bool = True) -> dict[s
         log("serve: skipped (pip install 'slm[serve]' httpx to measure it)")
     if importlib.util.find_spec("transformers"):  # llama.cpp joins in when it is installed
         from slm.bench.interop import interop_suite
+        from slm.device import available_cores
 
-        results["interop"] = run_isolated(interop_suite, None, 2 if quick else 5)
-        for name, s in results["interop"]["decode_tokens_per_s"].items():
-            log(f"interop decode {name}: {s['median']:,.0f} tokens/s")
+        threads = tuple(sorted({1, available_cores()}))
+        interop = run_isolated(interop_suite, None, 2 if quick else 5, 128, _quiet, threads)
+        results["interop"] = interop
+        for count, speeds in interop["decode_tokens_per_s"].items():
+            for name, s in speeds.items():
+                log(f"interop decode, {count} thread(s), {name}: {s['median']:,.0f} tokens/s")
     return results
 
 
@@ -346,11 +354,12 @@ def markdown_table(results: dict[str, Any]) -> str:
     for name, d in (interop or {}).get("logit_max_abs_diff", {}).items():
         if name != "slm logits range":
             lines.append(f"| max abs logit diff vs slm: {name} | {d:.2g} | — |")
-    for name, st in (interop or {}).get("decode_tokens_per_s", {}).items():
-        lines.append(
-            f"| decode seed-2.5m B1, 1 thread: {name} | {st['median']:,.0f} tokens/s "
-            f"| {st['spread']:.0%} |"
-        )
+    for count, speeds in (interop or {}).get("decode_tokens_per_s", {}).items():
+        for name, st in speeds.items():
+            lines.append(
+                f"| decode seed-2.5m B1, {count} thread(s): {name} | {st['median']:,.0f} "
+                f"tokens/s | {st['spread']:.0%} |"
+            )
     quality = results.get("quality")
     if quality:
         lines.append(
