@@ -113,7 +113,9 @@ class TrainConfig:
 
     batch_size: int = 16
     tokens_per_step: int = 0  # 0: one batch per optimizer step; more: gradient accumulation
+    optimizer: Literal["adamw", "muon"] = "adamw"
     lr: float = 2e-3
+    muon_lr: float = 0.02  # with --optimizer muon: the hidden matrices' peak rate
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio, not to zero
     warmup_steps: int = 100
     weight_decay: float = 0.1
@@ -157,6 +159,8 @@ class TrainConfig:
                 raise _usage_error(f"--{_flag(name)} must not be negative")
         if self.lr <= 0:
             raise _usage_error(f"--lr must be positive, got {self.lr}")
+        if self.muon_lr <= 0:
+            raise _usage_error(f"--muon-lr must be positive, got {self.muon_lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise _usage_error("--min-lr-ratio must be between 0 and 1")
         if self.epochs < 0:

@@ -342,7 +342,7 @@ class Run:
 
     def _step(self, lr: float) -> float:
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's matrices have their own
         total = 0.0
         accum = self.budget.accum_steps
         for micro in range(accum):

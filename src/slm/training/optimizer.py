@@ -17,13 +17,20 @@ import torch.nn.functional as F
 
 from slm.config import TrainConfig
 from slm.model import GPT
+from slm.training.muon import Muon, muon_groups
 from slm.training.schedule import Budget
 
 
 def make_optimizer(
     model: torch.nn.Module, cfg: TrainConfig, device: torch.device
 ) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only: decaying norm gains would fight the norm."""
+    """AdamW with weight decay on matrices only: decaying norm gains would fight the norm.
+
+    `--optimizer muon`: Muon for the hidden matrices instead (`slm.training.muon`).
+    """
+    if cfg.optimizer == "muon":
+        groups = muon_groups(model, cfg.lr, cfg.muon_lr, cfg.weight_decay)
+        return Muon(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [

@@ -1,0 +1,98 @@
+"""slm.training.muon: the orthogonalized update, its AdamW half, and `--optimizer muon` runs
+that learn and resume exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from slm import checkpoint
+from slm.training.loop import TrainRequest, train
+from slm.training.muon import Muon, muon_groups, orthogonalize
+
+FAST = {"threads": 1, "compile": "off", "sample_tokens": 0, "batch_size": 8, "eval_every": 10}
+
+
+@pytest.mark.parametrize("shape", [(96, 32), (32, 96), (48, 48)])
+def test_orthogonalize_keeps_the_directions_and_evens_the_scales(shape) -> None:
+    torch.manual_seed(0)
+    rank = min(shape)
+    u, _ = torch.linalg.qr(torch.randn(shape[0], rank))
+    v, _ = torch.linalg.qr(torch.randn(shape[1], rank))
+    g = u @ torch.diag(torch.logspace(0, 2, rank)) @ v.T  # singular values 1 to 100
+    o = orthogonalize(g)
+    assert o.shape == g.shape
+    singular = torch.linalg.svdvals(o)
+    assert singular.min() > 0.6 and singular.max() < 1.25  # evened out, from 1:100
+    u, _, vt = torch.linalg.svd(g, full_matrices=False)
+    polar = u @ vt  # the exact orthogonal factor: same directions, every scale 1
+    cosine = (o * polar).sum() / (o.norm() * polar.norm())
+    assert cosine > 0.95
+
+
+def test_its_adamw_half_matches_torchs_adamw() -> None:
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Parameter(torch.randn(5, 7)), None
+    theirs = torch.nn.Parameter(ours.detach().clone())
+    group = {"muon": False, "weight_decay": 0.1}
+    a = Muon([{"params": [ours], **group}], lr=1e-2, betas=(0.9, 0.95))
+    b = torch.optim.AdamW([theirs], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, eps=1e-8)
+    for _ in range(5):
+        grad = torch.randn(5, 7)
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        a.step()
+        b.step()
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+
+
+def test_groups_put_the_hidden_matrices_under_muon_and_the_rest_under_adamw() -> None:
+    from slm.config import ModelConfig, preset
+    from slm.model import GPT
+
+    model = GPT(ModelConfig(**preset("tiny")))
+    hidden, embedding, gains = muon_groups(model, lr=2e-3, muon_lr=0.02, weight_decay=0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].startswith("layers.") and p.dim() == 2 for p in hidden["params"])
+    assert [names[id(p)] for p in embedding["params"]] == ["tok_emb.weight"]
+    assert all(p.dim() == 1 for p in gains["params"]) and gains["weight_decay"] == 0
+    assert hidden["muon"] and hidden["lr_scale"] == pytest.approx(10)
+    # the same shrink a step as AdamW's matrices: lr x decay
+    assert hidden["lr_scale"] * 2e-3 * hidden["weight_decay"] == pytest.approx(2e-3 * 0.1)
+    n_params = sum(len(g["params"]) for g in (hidden, embedding, gains))
+    assert n_params == len(list(model.parameters()))
+
+
+def _run(prepared: Path, out: Path, **overrides) -> Path:
+    settings = {**FAST, "optimizer": "muon", **overrides}
+    request = TrainRequest(data=[str(prepared)], out=str(out), preset="tiny", overrides=settings)
+    return train(request).run_dir
+
+
+def _losses(run_dir: Path, key: str = "train_loss") -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row[key] for row in rows if key in row]
+
+
+def test_a_muon_run_learns_and_uses_its_own_rate(prepared, tmp_path) -> None:
+    run_dir = _run(prepared, tmp_path / "run", max_steps=60, eval_every=30)
+    val = _losses(run_dir, "val_loss")
+    vocab = json.loads((run_dir / "config.json").read_text())["vocab_size"]
+    assert val[-1] < val[0] < math.log(vocab)
+    state = checkpoint.load_train_state(run_dir)
+    groups = state["optimizer"]["param_groups"]
+    assert [g["muon"] for g in groups] == [True, False, False]
+    assert groups[0]["lr"] == pytest.approx(10 * groups[1]["lr"])  # muon_lr / lr
+
+
+def test_a_resumed_muon_run_ends_where_an_uninterrupted_one_does(prepared, tmp_path) -> None:
+    straight = _run(prepared, tmp_path / "a", max_steps=20)
+    stopped = _run(prepared, tmp_path / "b", max_steps=20, stop_after=7)
+    train(TrainRequest(resume=str(stopped), overrides={}))
+    assert _losses(stopped) == _losses(straight)
+    a = checkpoint.load_model(straight).state_dict()
+    b = checkpoint.load_model(stopped).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
