@@ -6,7 +6,8 @@
 - `distributed`: torchrun: the process group, DDP, what the ranks agree on each step.
 - `schedule`: the budget (steps, tokens, time) and the learning rate at each step (warmup,
   cosine decay), as pure functions.
-- `optimizer`: AdamW and its parameter groups, the loss, `torch.compile`.
+- `optimizer`: AdamW (or Muon) and its parameter groups, the loss, `torch.compile`.
+- `muon`: `--optimizer muon`: orthogonalized updates for the hidden matrices.
 - `run_folder`: choosing the run folder, recording its data, resume checks, the folder's
   lock (`RunGuard`).
 - `memory`: settings that cannot fit (context, estimated peak memory) refused up front.
