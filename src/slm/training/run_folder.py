@@ -248,6 +248,7 @@ def resumed_train_config(
     resumed run keeps those it began with, so any of them is refused like a changed flag.
     """
     saved = read_json(run_dir / checkpoint.TRAIN_CONFIG_FILE, "train config")
+    saved.setdefault("optimizer", "adamw")  # runs from before the setting trained with AdamW
     changed = {
         k: v
         for k, v in overrides.items()
