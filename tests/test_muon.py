@@ -96,3 +96,17 @@ def test_a_resumed_muon_run_ends_where_an_uninterrupted_one_does(prepared, tmp_p
     a = checkpoint.load_model(straight).state_dict()
     b = checkpoint.load_model(stopped).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_saved_before_the_optimizer_setting_resumes_with_adamw(prepared, tmp_path) -> None:
+    # Such a run trained with AdamW; resuming it under the new default would load AdamW's
+    # state into Muon. Its train_config.json has no "optimizer": it resumes as AdamW.
+    run_dir = _run(prepared, tmp_path / "old", optimizer="adamw", max_steps=8, stop_after=3)
+    config_file = run_dir / "train_config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["optimizer"], saved["muon_lr"]
+    config_file.write_text(json.dumps(saved))
+    train(TrainRequest(resume=str(run_dir), overrides={}))
+    assert len(_losses(run_dir)) == 8
+    groups = checkpoint.load_train_state(run_dir)["optimizer"]["param_groups"]
+    assert "muon" not in groups[0]  # torch's AdamW groups

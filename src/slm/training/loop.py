@@ -450,5 +450,11 @@ class Run:
             + (f" x {self.dist.world_size} processes" if self.dist.enabled else "")
             + ")\n"
             f"device: {self.device.type}, {str(self.dtype).replace('torch.', '')}, "
-            f"{torch.get_num_threads()} threads; budget: {' or '.join(budget)}"
+            f"{torch.get_num_threads()} threads; budget: {' or '.join(budget)}\n"
+            + (
+                f"optimizer: Muon for the hidden matrices (lr {self.cfg.muon_lr:g}), AdamW for "
+                f"the rest (lr {self.cfg.lr:g})"
+                if self.cfg.optimizer == "muon"
+                else f"optimizer: AdamW (lr {self.cfg.lr:g})"
+            )
         )
