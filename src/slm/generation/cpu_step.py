@@ -24,7 +24,7 @@ weights rearranged once so that each token needs as few operations as possible:
 The rearranged copy (the model's size again in memory) is made once per model and reused
 while its weights are unchanged. The KV cache is the torch one, seen through numpy views:
 prefill and window slides through `GPT.forward` write the keys this step reads.
-`tests/test_cpu_step.py` holds its logits and cache to `GPT.forward`'s.
+`tests/test_decode_step.py` holds its logits and cache to `GPT.forward`'s.
 """
 
 from __future__ import annotations
