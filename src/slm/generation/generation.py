@@ -15,6 +15,7 @@ The library never prints: warnings (a cropped prompt) go to the `warn` callback.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -165,6 +166,12 @@ class _Decoder:
         )
         if self.numpy_greedy:
             self.ids_np, self.banned_np = self.ids.numpy(), self.banned.numpy()  # shared memory
+        # Sampling in torch after a numpy step: numpy's BLAS threads own the cores, and
+        # torch's would spin against them (batch 8 on 2 cores: 658 tokens/s with both pools
+        # at 2, 4,347 with torch at 1).
+        self.sample_on_one_thread = isinstance(self.decode, CpuDecodeStep) and not (
+            self.numpy_greedy
+        )
 
     @torch.inference_mode()
     def prefill(self) -> list[int]:
@@ -195,14 +202,9 @@ class _Decoder:
             logits = self.model(window, self.decode.cache, last_only=True)[:, -1]
         else:
             logits = self.decode(self.ids[:, self.length - 1])  # the lean path
-            if isinstance(self.decode, CpuDecodeStep) and not self.numpy_greedy:
-                # numpy's BLAS threads own the cores now: torch's would spin against them
-                # (batch 8 on 2 cores: 658 tokens/s with both pools at 2, 4,347 like this).
-                self.start = start
-                with torch_threads(1):
-                    return self._choose(logits)
         self.start = start
-        return self._choose(logits)
+        with torch_threads(1) if self.sample_on_one_thread else contextlib.nullcontext():
+            return self._choose(logits)
 
     def _choose(self, logits: torch.Tensor) -> list[int]:
         """Sample from the (B or 1, model vocab) logits of the newest position."""
