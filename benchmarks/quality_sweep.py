@@ -29,11 +29,12 @@ RESULTS = Path(__file__).parent / "results" / "quality-sweep.jsonl"
 # `slm.train` keywords); "baseline" is `slm train` as it ships.
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {},
+    "adamw": {"optimizer": "adamw"},  # the default before Muon
     "muon": {"optimizer": "muon"},
     "muon lr 0.04": {"optimizer": "muon", "muon_lr": 0.04},
     "muon lr 0.01": {"optimizer": "muon", "muon_lr": 0.01},
-    "adamw lr 3e-3": {"lr": 3e-3},
-    "adamw lr 1e-3": {"lr": 1e-3},
+    "adamw lr 3e-3": {"optimizer": "adamw", "lr": 3e-3},
+    "adamw lr 1e-3": {"optimizer": "adamw", "lr": 1e-3},
     "batch 8": {"batch_size": 8},
     "batch 32": {"batch_size": 32},
     "no weight decay": {"weight_decay": 0.0},

@@ -1,6 +1,7 @@
-"""The lean one-token steps, torch's (slm.generation.decode_step) and numpy's
-(slm.generation.cpu_step): each gives GPT.forward's logits and fills the same cache; the
-numpy one follows the model when its weights change and runs on slm's thread count."""
+"""The lean one-token steps, torch's (slm.generation.decode_step), numpy's
+(slm.generation.cpu_step) and the compiled one (slm.generation.compiled_step): each gives
+GPT.forward's logits and fills the same cache; the CPU ones follow the model when its
+weights change; numpy's runs on slm's thread count; `lean_step` picks among them."""
 
 from __future__ import annotations
 
@@ -10,11 +11,17 @@ from threadpoolctl import threadpool_info
 
 from slm.config import ModelConfig, preset
 from slm.device import set_blas_threads
-from slm.generation.cpu_step import CpuDecodeStep, lean_step
+from slm.generation import steps
+from slm.generation.compiled_step import CompiledDecodeStep, numba_available
+from slm.generation.cpu_step import CpuDecodeStep
 from slm.generation.decode_step import DecodeStep
+from slm.generation.steps import lean_step
 from slm.model import GPT, KVCache
 
-STEPS = pytest.mark.parametrize("step_class", [DecodeStep, CpuDecodeStep])
+needs_numba = pytest.mark.skipif(not numba_available(), reason="numba is not installed")
+COMPILED = pytest.param(CompiledDecodeStep, marks=needs_numba)
+STEPS = pytest.mark.parametrize("step_class", [DecodeStep, CpuDecodeStep, COMPILED])
+SHAPES = [(4, 1), (4, 3), (2, 2), (1, 1)]  # (key/value heads of 4 query heads, batch)
 
 
 def tiny_model(seed: int = 0, **overrides) -> GPT:
@@ -25,8 +32,13 @@ def tiny_model(seed: int = 0, **overrides) -> GPT:
     return model
 
 
-@STEPS
-@pytest.mark.parametrize("n_kv_heads,batch", [(4, 1), (4, 3), (2, 2), (1, 1)])
+@pytest.mark.parametrize(
+    "step_class,n_kv_heads,batch",
+    [(step, kv, batch) for step in (DecodeStep, CpuDecodeStep) for kv, batch in SHAPES]
+    + [  # the compiled step is for batch 1
+        pytest.param(CompiledDecodeStep, kv, 1, marks=needs_numba) for kv in (4, 2, 1)
+    ],
+)
 @torch.inference_mode()
 def test_steps_give_forward_logits_and_cache(step_class, n_kv_heads: int, batch: int) -> None:
     model = tiny_model(n_kv_heads=n_kv_heads)
@@ -114,7 +126,8 @@ def test_rows_at_different_positions_give_each_row_its_own_logits(n_kv_heads: in
         torch.testing.assert_close(shared.k[:, row, :, : n + 5], alone[row].k[:, 0, :, : n + 5])
 
 
-def test_changed_weights_are_used_by_the_next_step() -> None:
+@pytest.mark.parametrize("step_class", [CpuDecodeStep, COMPILED])
+def test_changed_weights_are_used_by_the_next_step(step_class) -> None:
     # The rearranged copy is kept per model; an optimizer step (in place) must not leave
     # generation on the old weights.
     model = tiny_model()
@@ -123,7 +136,7 @@ def test_changed_weights_are_used_by_the_next_step() -> None:
     def logits() -> torch.Tensor:
         with torch.inference_mode():
             cache = KVCache(model.config, 1)
-            return CpuDecodeStep(model, cache)(token)
+            return step_class(model, cache)(token)
 
     before = logits()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -136,9 +149,11 @@ def test_changed_weights_are_used_by_the_next_step() -> None:
     torch.testing.assert_close(after, expected, atol=1e-4, rtol=1e-5)
 
 
-def test_numpy_runs_float32_on_the_cpu_and_torch_the_rest() -> None:
+@needs_numba
+def test_lean_step_compiles_batch_1_numpy_batches_and_torch_the_rest() -> None:
     model = tiny_model()
-    assert isinstance(lean_step(model, KVCache(model.config, 1)), CpuDecodeStep)
+    assert isinstance(lean_step(model, KVCache(model.config, 1)), CompiledDecodeStep)
+    assert isinstance(lean_step(model, KVCache(model.config, 3)), CpuDecodeStep)
     model = model.to(torch.bfloat16)
     bf16_cache = KVCache(model.config, 1, dtype=torch.bfloat16)
     assert isinstance(lean_step(model, bf16_cache), DecodeStep)
@@ -161,3 +176,29 @@ def test_numpy_blas_follows_the_thread_count() -> None:
     finally:
         torch.set_num_threads(previous)
         set_blas_threads(previous)
+
+
+@needs_numba
+def test_a_big_model_on_several_threads_keeps_numpy_at_batch_1(monkeypatch) -> None:
+    # Past the processor's caches, BLAS on every thread beats one compiled thread.
+    model = tiny_model()
+    size = sum(p.numel() for p in model.parameters()) * 4
+    monkeypatch.setattr(steps, "ONE_THREAD_BYTES", size - 1)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert isinstance(lean_step(model, KVCache(model.config, 1)), CpuDecodeStep)
+        torch.set_num_threads(1)
+        assert isinstance(lean_step(model, KVCache(model.config, 1)), CompiledDecodeStep)
+        monkeypatch.setattr(steps, "ONE_THREAD_BYTES", size)
+        torch.set_num_threads(2)
+        assert isinstance(lean_step(model, KVCache(model.config, 1)), CompiledDecodeStep)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@needs_numba
+def test_the_compiled_step_is_batch_1() -> None:
+    model = tiny_model()
+    with pytest.raises(ValueError, match="batch 1"):
+        CompiledDecodeStep(model, KVCache(model.config, 2))

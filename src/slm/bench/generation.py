@@ -10,8 +10,9 @@ neighbour's burst of CPU use shows as spread rather than as a wrong median.
 
 Figures: tokens/s for 256 new tokens after a 32-token prompt, at batch 1 and 8, with and without
 the cache, with 1 thread and with every core; time to the first token; the batch-1 decode step
-(the numpy one of `slm.generation.cpu_step` that CPU generation uses, the torch one of
-`slm.generation.decode_step`, and the same step through `GPT.forward`, interleaved) against
+(the one CPU generation uses, `slm.generation.compiled_step`'s at batch 1, the numpy one of
+`slm.generation.cpu_step`, the torch one of `slm.generation.decode_step`, and the same step
+through `GPT.forward`, interleaved) against
 the time of the step's matrix products alone in numpy and in torch (the arithmetic floors) and
 of sampling; and the peak RSS of a real `slm generate` process.
 """
@@ -35,10 +36,11 @@ from slm.bench.measure import summarize
 from slm.checkpoint import TOKENIZER_FILE, save_model
 from slm.config import PRESETS, ModelConfig, SampleConfig
 from slm.device import available_cores
-from slm.generation.cpu_step import lean_step, prepared_weights
+from slm.generation.cpu_step import CpuDecodeStep, prepared_weights
 from slm.generation.decode_step import DecodeStep
 from slm.generation.generation import generate
 from slm.generation.sampling import make_generator, sample_next_token
+from slm.generation.steps import lean_step
 from slm.model import GPT, KVCache
 from slm.tokenizer.bpe import Tokenizer
 
@@ -160,16 +162,18 @@ def _top_level_ops(fn: Any) -> int:
 
 @torch.inference_mode()
 def anatomy(model: GPT, threads: int, steps: int) -> dict[str, float]:
-    """Batch-1 decode step in parts: the step generation uses (numpy on the CPU), the torch
-    step (what other devices use, and the CPU used before), the same step through
-    `GPT.forward`, the matrix products alone in numpy and in torch, and sampling."""
+    """Batch-1 decode step in parts: the step generation uses (`lean_step`: compiled on the
+    CPU), the numpy step (batches), the torch step (what other devices use), the same step
+    through `GPT.forward`, the matrix products alone in numpy and in torch, and sampling."""
     torch.set_num_threads(threads)
     config = model.config
     cache = KVCache(config, 1)
     model(torch.randint(0, config.vocab_size, (1, 64)), cache, last_only=True)
     token = torch.zeros(1, dtype=torch.long)
+    lean = lean_step(model, cache)
     steps_by_name = {
-        "model_step_us": lean_step(model, cache),
+        "model_step_us": lean,
+        "numpy_step_us": CpuDecodeStep(model, cache),
         "torch_step_us": DecodeStep(model, cache),
         "forward_step_us": lambda t: model(t[:, None], cache, last_only=True),
     }
@@ -207,6 +211,7 @@ def anatomy(model: GPT, threads: int, steps: int) -> dict[str, float]:
             times[name].append(_median_us(at_64(step), steps // 5, rounds=1))
     return {
         "threads": threads,
+        "model_step": type(lean).__name__,
         **{name: statistics.median(values) for name, values in times.items()},
         "matmul_floor_us": _median_us(numpy_matmuls, steps),
         "torch_matmul_floor_us": _median_us(torch_matmuls, steps),
@@ -293,10 +298,10 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, str]]:
     for a in result["anatomy"]:
         rows.append(
             {
-                "what": f"decode step B1, {a['threads']} thread(s): numpy step / its matmuls "
-                "/ sampling",
-                "figure": f"{a['model_step_us']:.0f} / {a['matmul_floor_us']:.0f} / "
-                f"{a['sampling_us']:.0f} us",
+                "what": f"decode step B1, {a['threads']} thread(s): {a['model_step']} / "
+                "numpy step / its matmuls / sampling",
+                "figure": f"{a['model_step_us']:.0f} / {a['numpy_step_us']:.0f} / "
+                f"{a['matmul_floor_us']:.0f} / {a['sampling_us']:.0f} us",
                 "spread": "—",
             }
         )
@@ -307,7 +312,7 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, str]]:
                     "matmuls / GPT.forward",
                     "figure": f"{a['torch_step_us']:.0f} / {a['torch_matmul_floor_us']:.0f} / "
                     f"{a['forward_step_us']:.0f} us ({a['torch_step_us'] / a['model_step_us']:.2f}"
-                    f"x / {a['forward_step_us'] / a['model_step_us']:.2f}x the numpy step)",
+                    f"x / {a['forward_step_us'] / a['model_step_us']:.2f}x the {a['model_step']})",
                     "spread": "—",
                 }
             )

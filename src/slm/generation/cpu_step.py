@@ -37,7 +37,6 @@ import numpy as np
 import torch
 
 from slm.device import set_blas_threads
-from slm.generation.decode_step import DecodeStep
 from slm.model import GPT, KVCache
 
 
@@ -52,6 +51,8 @@ class _Weights(NamedTuple):
     embedding: np.ndarray  # (vocab, C): the model's own table, not a copy
     layers: list[_Layer]
     head: np.ndarray  # (C, vocab): the tied head with the final norm folded in
+    buffer: np.ndarray  # every matrix above but the embedding, end to end (1-D)
+    entries: np.ndarray  # (n_matrices, 3) int64: each matrix's offset in `buffer`, rows, cols
 
 
 _prepared: weakref.WeakKeyDictionary[GPT, tuple[tuple, _Weights]] = weakref.WeakKeyDictionary()
@@ -94,28 +95,29 @@ def _prepare(model: GPT) -> _Weights:
         ]
     embedding = _numpy(model.tok_emb.weight)
     matrices.append(embedding * (_numpy(model.norm.weight) * gain))
-    packed = _pack([m.T for m in matrices])
+    buffer, entries = _pack([m.T for m in matrices])
+    packed = [buffer[o : o + rows * cols].reshape(rows, cols) for o, rows, cols in entries]
     layers = [_Layer(*packed[i : i + 4]) for i in range(0, len(packed) - 1, 4)]
-    return _Weights(embedding, layers, packed[-1])
+    return _Weights(embedding, layers, packed[-1], buffer, entries)
 
 
-def _pack(matrices: list[np.ndarray]) -> list[np.ndarray]:
+def _pack(matrices: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Copies of `matrices`, one after another in one buffer, each starting on a cache line.
 
     A step reads them in this order; laid end to end, the next matrix is where the memory
     prefetcher already looks (the 17 products of seed-2.5m: 235 us against 254 apart).
+    Returns the buffer and each copy's (offset, rows, cols) in it.
     """
     line = 16  # float32s in a 64-byte cache line
     sizes = [-(-m.size // line) * line for m in matrices]
     buffer = np.empty(sum(sizes) + line, dtype=np.float32)
     offset = (-buffer.ctypes.data // 4) % line
-    copies = []
+    entries = []
     for m, size in zip(matrices, sizes, strict=True):
-        copy = buffer[offset : offset + m.size].reshape(m.shape)
-        copy[...] = m
-        copies.append(copy)
+        buffer[offset : offset + m.size].reshape(m.shape)[...] = m
+        entries.append((offset, *m.shape))
         offset += size
-    return copies
+    return buffer, np.array(entries, dtype=np.int64)
 
 
 def prepared_weights(model: GPT) -> _Weights:
@@ -172,6 +174,10 @@ class CpuDecodeStep:
         return x / np.sqrt(_sum_squares(x) + self.norm_eps)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.numpy_logits(tokens.numpy()))
+
+    def numpy_logits(self, tokens: np.ndarray) -> np.ndarray:
+        """`__call__` in numpy, for callers that keep their ids there (greedy on the CPU)."""
         H, KV, hd = self.n_heads, self.n_kv_heads, self.head_dim
         pos = self.cache.pos
         if pos >= self.cache.max_len:
@@ -179,7 +185,7 @@ class CpuDecodeStep:
         self.rotation[self.columns, self.columns] = self.cos[pos]
         self.rotation[self.partners, self.columns] = self.sin_rot[pos]
         weights = self.weights
-        x = weights.embedding[tokens.numpy()]  # (B, C)
+        x = weights.embedding[tokens]  # (B, C)
         B = x.shape[0]
         for layer, k_cache, v_cache in zip(weights.layers, self.k, self.v, strict=True):
             qkv = self._normed(x) @ layer.qkv  # (B, (H + 2 KV) hd)
@@ -192,7 +198,7 @@ class CpuDecodeStep:
             gate, up = gate_up[:, : self.d_ff], gate_up[:, self.d_ff :]
             x += ((1.0 + np.tanh(gate)) * gate * up) @ layer.down  # silu(2 gate) * up
         self.cache.advance(1)
-        return torch.from_numpy(self._normed(x) @ weights.head)
+        return self._normed(x) @ weights.head
 
     def _attend(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
         """q (B, H, hd) over the cached keys/values (B, KV, T, hd) -> (B, H * hd).
@@ -207,12 +213,3 @@ class CpuDecodeStep:
         np.exp(scores, out=scores)
         y = (scores @ values) / scores.sum(axis=-1, keepdims=True)
         return y.reshape(B, -1)
-
-
-def lean_step(model: GPT, cache: KVCache) -> CpuDecodeStep | DecodeStep:
-    """The fastest one-token step for this model: numpy for float32 on the CPU, else torch."""
-    on_cpu = cache.k.device.type == "cpu" and cache.k.dtype == torch.float32
-    weights = next(model.parameters())
-    if on_cpu and weights.device.type == "cpu" and weights.dtype == torch.float32:
-        return CpuDecodeStep(model, cache)
-    return DecodeStep(model, cache)

@@ -27,8 +27,9 @@ import torch
 
 from slm.config import SampleConfig, sample_config
 from slm.device import torch_threads
-from slm.generation.cpu_step import CpuDecodeStep, lean_step
+from slm.generation.cpu_step import CpuDecodeStep
 from slm.generation.sampling import make_generator, sample_next_token
+from slm.generation.steps import lean_step
 from slm.generation.stream_text import Completion, Piece, SampleText
 from slm.model import GPT, KVCache
 from slm.tokenizer.bpe import Tokenizer
@@ -159,13 +160,16 @@ class _Decoder:
         )
         self.decode = lean_step(model, self.cache) if self.cache is not None else None
         self.generator = make_generator(settings.seed, device)
-        # Greedy on the CPU needs no torch: an argmax in numpy is ~3 us a token against
-        # ~25 us for the same few torch ops, which is 5% of a seed-2.5m step.
+        # Greedy on the CPU needs no torch between tokens: the CPU steps take and give numpy,
+        # and an argmax in numpy is ~3 us a token against ~25 us for the same few torch ops
+        # (with the compiled step, a seed-2.5m token costs ~290 us in all).
         self.numpy_greedy = (
             device.type == "cpu" and settings.greedy and settings.repetition_penalty == 1.0
         )
+        self.numpy_decode = None
         if self.numpy_greedy:
             self.ids_np, self.banned_np = self.ids.numpy(), self.banned.numpy()  # shared memory
+            self.numpy_decode = getattr(self.decode, "numpy_logits", None)
         # Sampling in torch after a numpy step: numpy's BLAS threads own the cores, and
         # torch's would spin against them (batch 8 on 2 cores: 658 tokens/s with both pools
         # at 2, 4,347 with torch at 1).
@@ -188,10 +192,15 @@ class _Decoder:
         self.cache.pos = self.length
         return self._choose(logits)
 
-    @torch.inference_mode()
     def step(self) -> list[int]:
         """Feed the newest tokens; return each sample's next token."""
         start = window_start(self.start, self.length, self.context_len)
+        if self.numpy_decode is not None and start == self.start:
+            return self._argmax(self.numpy_decode(self.ids_np[:, self.length - 1]))
+        return self._torch_step(start)
+
+    @torch.inference_mode()
+    def _torch_step(self, start: int) -> list[int]:
         if self.decode is None:  # no cache: recompute the whole window
             logits = self.model(self.ids[:, start : self.length], last_only=True)[:, -1]
         elif start != self.start:
