@@ -5,13 +5,15 @@ weights change; numpy's runs on slm's thread count; `lean_step` picks among them
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from threadpoolctl import threadpool_info
 
 from slm.config import ModelConfig, preset
 from slm.device import set_blas_threads
-from slm.generation import steps
+from slm.generation import compiled_step, steps
 from slm.generation.compiled_step import CompiledDecodeStep, numba_available
 from slm.generation.cpu_step import CpuDecodeStep
 from slm.generation.decode_step import DecodeStep
@@ -151,6 +153,7 @@ def test_changed_weights_are_used_by_the_next_step(step_class) -> None:
 
 @needs_numba
 def test_lean_step_compiles_batch_1_numpy_batches_and_torch_the_rest() -> None:
+    compiled_step.load()
     model = tiny_model()
     assert isinstance(lean_step(model, KVCache(model.config, 1)), CompiledDecodeStep)
     assert isinstance(lean_step(model, KVCache(model.config, 3)), CpuDecodeStep)
@@ -189,6 +192,7 @@ def test_a_big_model_on_several_threads_keeps_numpy_at_batch_1(monkeypatch) -> N
         torch.set_num_threads(2)
         assert isinstance(lean_step(model, KVCache(model.config, 1)), CpuDecodeStep)
         torch.set_num_threads(1)
+        compiled_step.load()
         assert isinstance(lean_step(model, KVCache(model.config, 1)), CompiledDecodeStep)
         monkeypatch.setattr(steps, "ONE_THREAD_BYTES", size)
         torch.set_num_threads(2)
@@ -202,3 +206,41 @@ def test_the_compiled_step_is_batch_1() -> None:
     model = tiny_model()
     with pytest.raises(ValueError, match="batch 1"):
         CompiledDecodeStep(model, KVCache(model.config, 2))
+
+
+@needs_numba
+def test_the_compiled_step_is_loaded_once_it_pays_for_itself(monkeypatch) -> None:
+    # Loading costs a process ~0.6 s: a short generation in a fresh process keeps numpy.
+    monkeypatch.setattr(compiled_step, "_kernel", None)
+    monkeypatch.setattr(steps, "_tokens_asked", 0)
+    model = tiny_model()
+    assert isinstance(lean_step(model, KVCache(model.config, 1), 200), CpuDecodeStep)
+    assert not compiled_step.is_loaded()
+    step = lean_step(model, KVCache(model.config, 1), steps.WORTH_LOADING_TOKENS)
+    assert isinstance(step, CompiledDecodeStep)
+    assert compiled_step.is_loaded()
+    assert isinstance(lean_step(model, KVCache(model.config, 1), 1), CompiledDecodeStep)
+
+
+@needs_numba
+def test_the_compiled_step_loads_in_the_background(monkeypatch) -> None:
+    monkeypatch.setattr(compiled_step, "_kernel", None)
+    thread = compiled_step.load_in_background(tiny_model())
+    assert thread is not None
+    thread.join(timeout=120)
+    assert compiled_step.is_loaded()
+    assert compiled_step.load_in_background(tiny_model()) is None  # nothing left to load
+    assert compiled_step.load_in_background(tiny_model().to(torch.bfloat16)) is None
+
+
+@needs_numba
+def test_without_a_working_numba_the_numpy_step_decodes(monkeypatch) -> None:
+    monkeypatch.setattr(compiled_step, "_kernel", None)
+    monkeypatch.setattr(compiled_step, "_failed", False)
+    monkeypatch.setitem(sys.modules, "slm.generation.kernels", None)  # the import fails
+    monkeypatch.setattr(steps, "_tokens_asked", steps.WORTH_LOADING_TOKENS)
+    model = tiny_model()
+    with pytest.warns(UserWarning, match="compiled decode step is unavailable"):
+        step = lean_step(model, KVCache(model.config, 1), 1)
+    assert isinstance(step, CpuDecodeStep)
+    assert not compiled_step.numba_available()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ import torch
 from slm.bench.generation import PROMPT_TOKENS, prompt_of, seed_model, synthetic_tokenizer
 from slm.bench.measure import summarize
 from slm.config import PRESETS
+from slm.generation import compiled_step
 
 Engine = Callable[[], int]  # decodes once, returns the number of new tokens
 
@@ -49,6 +51,7 @@ def interop_suite(
         import slm
 
         ours = slm.load(model_dir, device="cpu")
+        compiled_step.load()  # as in a process that has decoded a while: steady-state speed
         result["decode_tokens_per_s"] = {}
         for count in threads:
             torch.set_num_threads(count)
@@ -192,10 +195,19 @@ def logit_diffs(config: Any, engines: dict[str, Any]) -> dict[str, float]:
     return diffs
 
 
+RATIO_BASE = "llama.cpp f32"
+RATIO = f"slm / {RATIO_BASE}"
+
+
 def decode_speeds(
     engines: dict[str, Any], rounds: int, log: Callable[[str], None]
 ) -> dict[str, dict[str, float]]:
-    """Tokens/s per engine over interleaved rounds (a warm-up round first, not counted)."""
+    """Tokens/s per engine over interleaved rounds (a warm-up round first, not counted).
+
+    With llama.cpp f32 there, also "slm / llama.cpp f32": the ratio of the two within each
+    round (median, lowest, highest). Both engines see the same neighbours' load in a round,
+    so the ratio holds steady on a busy machine where each engine's own spread does not.
+    """
     timed = {k: v[0] for k, v in engines.items() if "logits only" not in k}
     speeds: dict[str, list[float]] = {name: [] for name in timed}
     for round_index in range(rounds + 1):
@@ -207,6 +219,11 @@ def decode_speeds(
     stats = {name: summarize(values) for name, values in speeds.items()}
     for name, s in stats.items():
         log(f"decode {name}: {s['median']:,.0f} tokens/s (spread {s['spread']:.0%})")
+    if "slm" in speeds and RATIO_BASE in speeds:
+        ratios = [a / b for a, b in zip(speeds["slm"], speeds[RATIO_BASE], strict=True)]
+        stats[RATIO] = {
+            "median": statistics.median(ratios), "low": min(ratios), "high": max(ratios)
+        }  # fmt: skip
     return stats
 
 
@@ -228,18 +245,18 @@ def markdown(result: dict[str, Any]) -> str:
     header = " | ".join(f"{c} thread{'s' if c != '1' else ''}: tokens/s (spread)" for c in counts)
     lines += ["", f"| engine, batch 1, {result['new_tokens']} new tokens | {header} |"]
     lines.append("|---|" + "---|" * len(counts))
-    for name in speeds[counts[0]]:
+    for name in (n for n in speeds[counts[0]] if n != RATIO):
         cells = " | ".join(
             f"{speeds[c][name]['median']:,.0f} ({speeds[c][name]['spread']:.0%})" for c in counts
         )
         lines.append(f"| {name} | {cells} |")
-    if "slm" in speeds[counts[0]] and "llama.cpp f32" in speeds[counts[0]]:
+    if RATIO in speeds[counts[0]]:
         ratios = ", ".join(
-            f"{speeds[c]['slm']['median'] / speeds[c]['llama.cpp f32']['median']:.2f}x "
-            f"on {c} thread{'s' if c != '1' else ''}"
+            f"{speeds[c][RATIO]['median']:.2f}x on {c} thread{'s' if c != '1' else ''} "
+            f"(rounds {speeds[c][RATIO]['low']:.2f}-{speeds[c][RATIO]['high']:.2f}x)"
             for c in counts
         )
-        lines.append(f"\nslm / llama.cpp f32 (same weights): {ratios}.")
+        lines.append(f"\nslm / llama.cpp f32 (same weights), round by round: {ratios}.")
     if result["missing"]:
         lines.append(f"\nNot measured (not installed): {', '.join(result['missing'])}.")
     return "\n".join(lines) + "\n"

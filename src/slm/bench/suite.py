@@ -273,7 +273,8 @@ def run_suite(log: Log, quick: bool = False, compile_cpu: bool = True) -> dict[s
         results["interop"] = interop
         for count, speeds in interop["decode_tokens_per_s"].items():
             for name, s in speeds.items():
-                log(f"interop decode, {count} thread(s), {name}: {s['median']:,.0f} tokens/s")
+                figure = f"{s['median']:,.0f} tokens/s" if "spread" in s else f"{s['median']:.2f}x"
+                log(f"interop decode, {count} thread(s), {name}: {figure}")
     return results
 
 
@@ -356,6 +357,12 @@ def markdown_table(results: dict[str, Any]) -> str:
             lines.append(f"| max abs logit diff vs slm: {name} | {d:.2g} | — |")
     for count, speeds in (interop or {}).get("decode_tokens_per_s", {}).items():
         for name, st in speeds.items():
+            if "spread" not in st:  # slm / llama.cpp f32, round by round
+                lines.append(
+                    f"| decode seed-2.5m B1, {count} thread(s): {name} | {st['median']:.2f}x "
+                    f"| rounds {st['low']:.2f}-{st['high']:.2f}x |"
+                )
+                continue
             lines.append(
                 f"| decode seed-2.5m B1, {count} thread(s): {name} | {st['median']:,.0f} "
                 f"tokens/s | {st['spread']:.0%} |"

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from slm.api import LoadedModel
 from slm.config import SampleConfig, sample_config
 from slm.errors import SLMError
+from slm.generation.compiled_step import load_in_background
 from slm.generation.stream_text import Piece
 
 # Command name -> SampleConfig field. Short forms first: they are what people type.
@@ -173,6 +174,7 @@ def run_chat(
     if input_fn is None:
         _enable_line_editing()
         input_fn = input
+    load_in_background(model.model)  # the compiled decode step, while the user types
     name = model.folder.name if model.folder else "model"
     kind = "a message" if model.chat_template else "a prompt"
     output.write(f"slm chat with {name}: type {kind}; /help for commands, Ctrl-D to quit\n")

@@ -16,39 +16,84 @@ query scale into the query rows, the gate halved so SiLU is one tanh), and the K
 the torch one seen through numpy, so prefill through `GPT.forward` fills what this reads.
 `tests/test_decode_step.py` holds its logits and cache to `GPT.forward`'s.
 
-numba compiles the functions below on their first call (~5 s) and keeps the machine code
-in its cache (`__pycache__` beside this file, or numba's per-user cache where that is not
-writable), so later processes load it in ~0.3 s. Without numba, `lean_step` falls back to
-the numpy step.
+Loading it has a price, once per process: importing numba and loading the machine code
+from numba's cache take ~0.6 s and ~100 MB (`__pycache__` beside `kernels.py`, or numba's
+per-user cache where that is not writable; the very first load compiles, ~6 s). At ~200 us
+saved a token that is repaid after ~3,000 tokens, so `steps.lean_step` takes this step
+once it is loaded or once the process has asked for that many tokens, and `slm chat` loads
+it in the background while the user types (`load_in_background`). Where numba is missing
+or fails to import, the numpy step does the work.
 """
 
 from __future__ import annotations
 
-import functools
+import importlib.util
+import threading
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
+from slm.config import ModelConfig
 from slm.generation.cpu_step import prepared_weights
 from slm.model import GPT, KVCache
 
+_lock = threading.Lock()
+_kernel: Any = None  # the compiled step, once loaded
+_failed = False  # numba is there but would not import or compile
 
-@functools.cache
+
 def numba_available() -> bool:
-    """Whether numba imports here (it is a dependency, but not every platform has wheels)."""
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether numba is installed and has not failed here (without importing it: ~0.3 s)."""
+    return not _failed and importlib.util.find_spec("numba") is not None
 
 
-def _kernel() -> Any:
-    """The compiled step; imported on first use, so that importing slm never imports numba."""
-    from slm.generation.kernels import step
+def is_loaded() -> bool:
+    """Whether this process has the compiled step ready (using it now costs nothing extra)."""
+    return _kernel is not None
 
-    return step
+
+def load() -> Any | None:
+    """The compiled step function, loaded on first use (thread-safe); None without numba.
+
+    Loading runs it once on a tiny model, which makes numba bring in the machine code for
+    the argument types every later call uses, so no real generation pays for it.
+    """
+    global _kernel, _failed
+    with _lock:
+        if _kernel is None and not _failed:
+            try:
+                from slm.generation.kernels import step
+
+                _kernel = step
+                _run_once(_tiny_model())
+            except Exception as error:
+                _kernel, _failed = None, True
+                warnings.warn(f"the compiled decode step is unavailable: {error}", stacklevel=2)
+    return _kernel
+
+
+def load_in_background(model: GPT) -> threading.Thread | None:
+    """Start loading the compiled step in a daemon thread if `model` would decode through it
+    (float32 on the CPU): for a REPL, whose user's typing hides the ~0.6 s."""
+    weights = next(model.parameters())
+    on_cpu = weights.device.type == "cpu" and weights.dtype == torch.float32
+    if not on_cpu or is_loaded() or not numba_available():
+        return None
+    thread = threading.Thread(target=load, name="slm-load-compiled-step", daemon=True)
+    thread.start()
+    return thread
+
+
+def _tiny_model() -> GPT:
+    return GPT(ModelConfig(vocab_size=64, context_len=8, d_model=32, n_layers=1, n_heads=2))
+
+
+def _run_once(model: GPT) -> None:
+    cache = KVCache(model.config, 1)
+    with torch.no_grad():
+        CompiledDecodeStep(model, cache, _kernel)(torch.zeros(1, dtype=torch.long))
 
 
 class CompiledDecodeStep:
@@ -57,7 +102,7 @@ class CompiledDecodeStep:
     The same contract as `DecodeStep.__call__`: the row at `cache.pos`, which it advances.
     """
 
-    def __init__(self, model: GPT, cache: KVCache):
+    def __init__(self, model: GPT, cache: KVCache, kernel: Any = None):
         if cache.k.shape[1] != 1:
             raise ValueError("the compiled step decodes one sequence at a time (batch 1)")
         config = model.config
@@ -73,7 +118,9 @@ class CompiledDecodeStep:
         sin = model.rope_sin.numpy()
         self.cos = np.ascontiguousarray(model.rope_cos.numpy())
         self.sin_rot = np.ascontiguousarray(np.concatenate([-sin[:, :half], sin[:, half:]], -1))
-        self.kernel = _kernel()
+        self.kernel = kernel or load()
+        if self.kernel is None:
+            raise RuntimeError("the compiled decode step needs numba, which is unavailable")
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.numpy_logits(tokens.numpy()))

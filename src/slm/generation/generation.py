@@ -158,7 +158,11 @@ class _Decoder:
             if use_cache
             else None
         )
-        self.decode = lean_step(model, self.cache) if self.cache is not None else None
+        self.decode = (
+            lean_step(model, self.cache, settings.max_new_tokens)
+            if self.cache is not None
+            else None
+        )
         self.generator = make_generator(settings.seed, device)
         # Greedy on the CPU needs no torch between tokens: the CPU steps take and give numpy,
         # and an argmax in numpy is ~3 us a token against ~25 us for the same few torch ops
