@@ -11,14 +11,16 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info
 
-from slm.config import ModelConfig, preset
+from slm.config import ModelConfig, SampleConfig, preset
 from slm.device import set_blas_threads
 from slm.generation import compiled_step, steps
 from slm.generation.compiled_step import CompiledDecodeStep, numba_available
 from slm.generation.cpu_step import CpuDecodeStep
 from slm.generation.decode_step import DecodeStep
+from slm.generation.generation import Generation, generate
 from slm.generation.steps import lean_step
 from slm.model import GPT, KVCache
+from slm.tokenizer.bpe import Tokenizer
 
 needs_numba = pytest.mark.skipif(not numba_available(), reason="numba is not installed")
 COMPILED = pytest.param(CompiledDecodeStep, marks=needs_numba)
@@ -55,6 +57,21 @@ def test_steps_give_forward_logits_and_cache(step_class, n_kv_heads: int, batch:
     assert by_step.pos == by_forward.pos == 30
     torch.testing.assert_close(by_step.k[:, :, :, :30], by_forward.k[:, :, :, :30])
     torch.testing.assert_close(by_step.v[:, :, :, :30], by_forward.v[:, :, :, :30])
+
+
+@STEPS
+@torch.inference_mode()
+def test_steps_handle_odd_sizes_from_an_empty_cache(step_class) -> None:
+    # Widths that are not multiples of 8 (the compiled products take 8 rows a pass) and
+    # 2 query heads per key/value head, from position 0.
+    model = tiny_model(d_model=36, n_heads=6, n_kv_heads=3, d_ff=100, vocab_size=509)
+    ids = torch.randint(0, 509, (1, 12))
+    by_forward, by_step = KVCache(model.config, 1), KVCache(model.config, 1)
+    step = step_class(model, by_step)
+    for t in range(12):
+        expected = model(ids[:, t : t + 1], by_forward)[:, -1]
+        torch.testing.assert_close(step(ids[:, t]), expected, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(by_step.k[:, :, :, :12], by_forward.k[:, :, :, :12])
 
 
 @STEPS
@@ -208,39 +225,76 @@ def test_the_compiled_step_is_batch_1() -> None:
         CompiledDecodeStep(model, KVCache(model.config, 2))
 
 
-@needs_numba
-def test_the_compiled_step_is_loaded_once_it_pays_for_itself(monkeypatch) -> None:
-    # Loading costs a process ~0.6 s: a short generation in a fresh process keeps numpy.
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """The compiled step's load state as in a process that has not loaded it yet."""
     monkeypatch.setattr(compiled_step, "_kernel", None)
+    monkeypatch.setattr(compiled_step, "_failure", None)
+    monkeypatch.setattr(compiled_step, "_loader", None)
     monkeypatch.setattr(steps, "_tokens_asked", 0)
+
+
+def wait_for_loader() -> None:
+    assert compiled_step._loader is not None, "no background load was started"
+    compiled_step._loader.join(timeout=120)
+
+
+@needs_numba
+def test_the_compiled_step_loads_in_the_background_once_it_pays(fresh_process) -> None:
+    # Loading costs a process ~0.6 s: short generations in a fresh process keep numpy.
     model = tiny_model()
     assert isinstance(lean_step(model, KVCache(model.config, 1), 200), CpuDecodeStep)
-    assert not compiled_step.is_loaded()
+    assert compiled_step._loader is None
     step = lean_step(model, KVCache(model.config, 1), steps.WORTH_LOADING_TOKENS)
-    assert isinstance(step, CompiledDecodeStep)
-    assert compiled_step.is_loaded()
+    assert isinstance(step, CpuDecodeStep)  # this generation starts on numpy ...
+    wait_for_loader()
+    assert compiled_step.is_loaded()  # ... and the next ones are compiled
     assert isinstance(lean_step(model, KVCache(model.config, 1), 1), CompiledDecodeStep)
 
 
 @needs_numba
-def test_the_compiled_step_loads_in_the_background(monkeypatch) -> None:
-    monkeypatch.setattr(compiled_step, "_kernel", None)
-    thread = compiled_step.load_in_background(tiny_model())
-    assert thread is not None
-    thread.join(timeout=120)
-    assert compiled_step.is_loaded()
-    assert compiled_step.load_in_background(tiny_model()) is None  # nothing left to load
-    assert compiled_step.load_in_background(tiny_model().to(torch.bfloat16)) is None
+def test_a_generation_moves_to_the_compiled_step_when_it_is_ready(
+    fresh_process, monkeypatch
+) -> None:
+    model = tiny_model(seed=5, context_len=32)
+    tokenizer = Tokenizer.train(["the cat sat on the mat, said the dog. " * 40], vocab_size=300)
+    settings = SampleConfig(temperature=0, max_new_tokens=80, ignore_eot=True)
+    on_numpy = generate(model, tokenizer, "the cat", settings).completions[0].tokens
+    assert not compiled_step.is_loaded()
+    calls = []
+    numpy_logits = CompiledDecodeStep.numpy_logits
+    monkeypatch.setattr(
+        CompiledDecodeStep, "numpy_logits", lambda self, t: calls.append(1) or numpy_logits(self, t)
+    )
+    generation = Generation(model, tokenizer, "the cat", settings)
+    pieces = iter(generation)
+    next(pieces)  # on the numpy step
+    compiled_step.load()
+    for _ in pieces:  # moves over at the next token; the window slides twice on the way
+        pass
+    assert 40 < len(calls) < 80
+    assert generation.result.completions[0].tokens == on_numpy
 
 
 @needs_numba
-def test_without_a_working_numba_the_numpy_step_decodes(monkeypatch) -> None:
-    monkeypatch.setattr(compiled_step, "_kernel", None)
-    monkeypatch.setattr(compiled_step, "_failed", False)
+def test_without_a_working_numba_the_numpy_step_decodes(fresh_process, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "slm.generation.kernels", None)  # the import fails
-    monkeypatch.setattr(steps, "_tokens_asked", steps.WORTH_LOADING_TOKENS)
     model = tiny_model()
-    with pytest.warns(UserWarning, match="compiled decode step is unavailable"):
-        step = lean_step(model, KVCache(model.config, 1), 1)
-    assert isinstance(step, CpuDecodeStep)
+    lean_step(model, KVCache(model.config, 1), steps.WORTH_LOADING_TOKENS)
+    wait_for_loader()
+    assert not compiled_step.is_loaded()
+    assert "slm.generation.kernels" in compiled_step.failure()
     assert not compiled_step.numba_available()
+    assert isinstance(lean_step(model, KVCache(model.config, 1), 10**6), CpuDecodeStep)
+    assert compiled_step.load_in_background(model) is None
+
+
+@needs_numba
+def test_the_compiled_step_refuses_what_it_cannot_index() -> None:
+    model = tiny_model(context_len=8)
+    step = CompiledDecodeStep(model, KVCache(model.config, 1, max_len=16))
+    with pytest.raises(IndexError, match="outside the vocabulary"):
+        step(torch.tensor([model.config.vocab_size]))
+    step.cache.pos = 8
+    with pytest.raises(ValueError, match="past the model's context"):
+        step(torch.tensor([1]))

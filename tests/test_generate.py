@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from slm.config import ModelConfig, SampleConfig
+from slm.generation import compiled_step, steps
 from slm.generation.generation import (
     Generation,
     decode_threads,
@@ -58,6 +59,19 @@ def model(tokenizer) -> GPT:
 GREEDY = SampleConfig(temperature=0, ignore_eot=True)
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def cpu_step(request, monkeypatch) -> str:
+    """Batch-1 CPU generation on the compiled step (loaded) or on the numpy one (not)."""
+    if request.param == "compiled":
+        if not compiled_step.numba_available():
+            pytest.skip("numba is not installed")
+        compiled_step.load()
+    else:
+        monkeypatch.setattr(compiled_step, "_kernel", None)
+        monkeypatch.setattr(steps, "WORTH_LOADING_TOKENS", 10**12)
+    return request.param
+
+
 def naive_greedy(model: GPT, tokenizer: Tokenizer, prompt: str, new_tokens: int) -> list[int]:
     """Recompute the whole window every step; no cache anywhere."""
     ids, start, out = tokenizer.encode(prompt), 0, []
@@ -72,7 +86,7 @@ def naive_greedy(model: GPT, tokenizer: Tokenizer, prompt: str, new_tokens: int)
 
 
 @pytest.mark.parametrize("new_tokens", [10, 3 * CONTEXT_LEN])  # inside / past the context
-def test_cached_greedy_equals_recomputing_the_whole_window(model, tokenizer, new_tokens):
+def test_cached_greedy_equals_recomputing_the_whole_window(model, tokenizer, new_tokens, cpu_step):
     prompt = "the cat"
     cfg = SampleConfig(temperature=0, ignore_eot=True, max_new_tokens=new_tokens)
     cached = generate(model, tokenizer, prompt, cfg).completions[0].tokens
@@ -81,7 +95,7 @@ def test_cached_greedy_equals_recomputing_the_whole_window(model, tokenizer, new
     assert len(set(cached)) > 5  # a real test, not one token repeated
 
 
-def test_batch_rows_match_batch_one_across_the_slide(model, tokenizer):
+def test_batch_rows_match_batch_one_across_the_slide(model, tokenizer, cpu_step):
     cfg = SampleConfig(temperature=0, ignore_eot=True, max_new_tokens=2 * CONTEXT_LEN)
     one = generate(model, tokenizer, "héllo", cfg).completions[0].tokens
     many = generate(model, tokenizer, "héllo", SampleConfig(**{**cfg.to_dict(), "num_samples": 3}))

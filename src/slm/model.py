@@ -68,7 +68,8 @@ class KVCache:
     """Keys and values of past tokens, so generation computes each new token once.
 
     Preallocated for `max_len` positions: (n_layers, B, n_kv_heads, max_len, head_dim).
-    Without it, each new token recomputes attention over the whole prefix.
+    Without it, each new token recomputes attention over the whole prefix. Filled in place,
+    never replaced: the CPU decode steps read and write it through numpy views.
     """
 
     def __init__(

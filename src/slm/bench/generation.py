@@ -278,6 +278,7 @@ def generate_suite(quick: bool = False) -> dict[str, Any]:
             model, tokenizer, [PROMPT_TOKENS, model.config.context_len], 3 if quick else 7
         ),
         "slm_generate": cli_peak_rss(model, tokenizer, prompt),
+        "compiled_step_failure": compiled_step.failure(),  # None: it loaded (or no numba)
     }
     torch.set_num_threads(cores)
     result["rows"] = table_rows(result)

@@ -29,24 +29,23 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
-from slm.config import ModelConfig
-from slm.generation.cpu_step import prepared_weights
+from slm.generation.cpu_step import pack, prepared_weights
 from slm.model import GPT, KVCache
 
 _lock = threading.Lock()
-_kernel: Any = None  # the compiled step, once loaded
-_failed = False  # numba is there but would not import or compile
+_kernel: Any = None  # the compiled step, once loaded and run
+_failure: str | None = None  # why numba would not import or compile here, if it would not
+_loader: threading.Thread | None = None
 
 
 def numba_available() -> bool:
     """Whether numba is installed and has not failed here (without importing it: ~0.3 s)."""
-    return not _failed and importlib.util.find_spec("numba") is not None
+    return _failure is None and importlib.util.find_spec("numba") is not None
 
 
 def is_loaded() -> bool:
@@ -54,46 +53,64 @@ def is_loaded() -> bool:
     return _kernel is not None
 
 
+def failure() -> str | None:
+    """Why the compiled step could not be loaded here (None: it could, or was not tried)."""
+    return _failure
+
+
 def load() -> Any | None:
     """The compiled step function, loaded on first use (thread-safe); None without numba.
 
     Loading runs it once on a tiny model, which makes numba bring in the machine code for
-    the argument types every later call uses, so no real generation pays for it.
+    the argument types every later call uses, so no real generation pays for it. Any
+    failure (numba too old or too new for this numpy, no compiler support) is kept in
+    `failure()` and the numpy step does the work.
     """
-    global _kernel, _failed
+    global _kernel, _failure
     with _lock:
-        if _kernel is None and not _failed:
+        if _kernel is None and _failure is None:
             try:
                 from slm.generation.kernels import step
 
-                _kernel = step
-                _run_once(_tiny_model())
+                _run_once(step)
+                _kernel = step  # only now: a half-loaded step must not look ready
             except Exception as error:
-                _kernel, _failed = None, True
-                warnings.warn(f"the compiled decode step is unavailable: {error}", stacklevel=2)
+                _failure = f"{type(error).__name__}: {error}"
     return _kernel
 
 
 def load_in_background(model: GPT) -> threading.Thread | None:
     """Start loading the compiled step in a daemon thread if `model` would decode through it
-    (float32 on the CPU): for a REPL, whose user's typing hides the ~0.6 s."""
+    (float32 on the CPU) and it is not loaded or loading: for a REPL, whose user's typing
+    hides the ~0.6 s, and for a process that has just crossed `steps.WORTH_LOADING_TOKENS`.
+    Generation keeps decoding with the numpy step meanwhile and moves over once it is ready.
+    """
+    global _loader
     weights = next(model.parameters())
     on_cpu = weights.device.type == "cpu" and weights.dtype == torch.float32
     if not on_cpu or is_loaded() or not numba_available():
         return None
-    thread = threading.Thread(target=load, name="slm-load-compiled-step", daemon=True)
-    thread.start()
-    return thread
+    with _lock:
+        if _loader is not None and _loader.is_alive():
+            return None
+        _loader = threading.Thread(target=load, name="slm-load-compiled-step", daemon=True)
+        _loader.start()
+        return _loader
 
 
-def _tiny_model() -> GPT:
-    return GPT(ModelConfig(vocab_size=64, context_len=8, d_model=32, n_layers=1, n_heads=2))
-
-
-def _run_once(model: GPT) -> None:
-    cache = KVCache(model.config, 1)
-    with torch.no_grad():
-        CompiledDecodeStep(model, cache, _kernel)(torch.zeros(1, dtype=torch.long))
+def _run_once(step: Any) -> None:
+    """One call on zeros shaped like a one-layer model, with the argument types (dtypes,
+    dimensions, layouts) of `CompiledDecodeStep`'s calls. No random weights: a background
+    load must not draw from torch's global generator."""
+    vocab, width, max_len = 4, 2, 2
+    shapes = [(width, 3 * width), (width, width), (width, 2 * width), (width, width)]
+    shapes.append((width, vocab))
+    weights, entries = pack([np.zeros(shape, dtype=np.float32) for shape in shapes])
+    cache = np.zeros((1, 1, max_len, width), dtype=np.float32)  # (layers, KV, max_len, hd)
+    rope = np.ones((max_len, width), dtype=np.float32)
+    dims = np.array([1, 1, width, width], dtype=np.int64)  # H, KV, hd, d_ff
+    embedding = np.zeros((vocab, width), dtype=np.float32)
+    step(0, 0, embedding, weights, entries, rope, rope, cache, cache.copy(), dims, np.float32(1))
 
 
 class CompiledDecodeStep:
@@ -127,12 +144,17 @@ class CompiledDecodeStep:
 
     def numpy_logits(self, tokens: np.ndarray) -> np.ndarray:
         """`__call__` in numpy, for callers that keep their ids there (greedy on the CPU)."""
-        pos = self.cache.pos
+        pos, token = self.cache.pos, int(tokens[0])
         if pos >= self.cache.max_len:
             raise ValueError(f"the cache is full ({self.cache.max_len} positions)")
         w = self.weights
+        # Compiled code does not check its indices: a bad one would read past an array.
+        if not 0 <= token < len(w.embedding):
+            raise IndexError(f"token id {token} is outside the vocabulary of {len(w.embedding)}")
+        if pos >= len(self.cos):
+            raise ValueError(f"position {pos} is past the model's context of {len(self.cos)}")
         logits = self.kernel(
-            int(tokens[0]), pos, w.embedding, w.buffer, w.entries,
+            token, pos, w.embedding, w.buffer, w.entries,
             self.cos, self.sin_rot, self.k, self.v, self.dims, self.eps,
         )  # fmt: skip
         self.cache.advance(1)

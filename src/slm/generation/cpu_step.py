@@ -95,13 +95,13 @@ def _prepare(model: GPT) -> _Weights:
         ]
     embedding = _numpy(model.tok_emb.weight)
     matrices.append(embedding * (_numpy(model.norm.weight) * gain))
-    buffer, entries = _pack([m.T for m in matrices])
+    buffer, entries = pack([m.T for m in matrices])
     packed = [buffer[o : o + rows * cols].reshape(rows, cols) for o, rows, cols in entries]
     layers = [_Layer(*packed[i : i + 4]) for i in range(0, len(packed) - 1, 4)]
     return _Weights(embedding, layers, packed[-1], buffer, entries)
 
 
-def _pack(matrices: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def pack(matrices: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Copies of `matrices`, one after another in one buffer, each starting on a cache line.
 
     A step reads them in this order; laid end to end, the next matrix is where the memory

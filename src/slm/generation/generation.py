@@ -27,9 +27,11 @@ import torch
 
 from slm.config import SampleConfig, sample_config
 from slm.device import torch_threads
+from slm.generation import compiled_step
+from slm.generation.compiled_step import CompiledDecodeStep
 from slm.generation.cpu_step import CpuDecodeStep
 from slm.generation.sampling import make_generator, sample_next_token
-from slm.generation.steps import lean_step
+from slm.generation.steps import compiled_suits, lean_step
 from slm.generation.stream_text import Completion, Piece, SampleText
 from slm.model import GPT, KVCache
 from slm.tokenizer.bpe import Tokenizer
@@ -174,6 +176,11 @@ class _Decoder:
         if self.numpy_greedy:
             self.ids_np, self.banned_np = self.ids.numpy(), self.banned.numpy()  # shared memory
             self.numpy_decode = getattr(self.decode, "numpy_logits", None)
+        # The numpy step stands in while the compiled one loads (`steps.lean_step`): move
+        # over at the first token after it is ready. Both read and write the same cache.
+        self.awaits_compiled = isinstance(self.decode, CpuDecodeStep) and compiled_suits(
+            model, self.cache
+        )
         # Sampling in torch after a numpy step: numpy's BLAS threads own the cores, and
         # torch's would spin against them (batch 8 on 2 cores: 658 tokens/s with both pools
         # at 2, 4,347 with torch at 1).
@@ -198,10 +205,19 @@ class _Decoder:
 
     def step(self) -> list[int]:
         """Feed the newest tokens; return each sample's next token."""
+        if self.awaits_compiled and compiled_step.is_loaded():
+            self._use_compiled_step()
         start = window_start(self.start, self.length, self.context_len)
         if self.numpy_decode is not None and start == self.start:
             return self._argmax(self.numpy_decode(self.ids_np[:, self.length - 1]))
         return self._torch_step(start)
+
+    def _use_compiled_step(self) -> None:
+        self.awaits_compiled = False
+        self.decode = CompiledDecodeStep(self.model, self.decode.cache)
+        if self.numpy_decode is not None:
+            self.numpy_decode = self.decode.numpy_logits
+        self.sample_on_one_thread = False
 
     @torch.inference_mode()
     def _torch_step(self, start: int) -> list[int]:

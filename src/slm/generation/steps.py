@@ -27,33 +27,47 @@ ONE_THREAD_BYTES = 64_000_000
 
 # Loading the compiled step costs a process ~0.6 s (numba and its cached machine code); it
 # saves ~200 us a token at batch 1 (seed-2.5m: 255 us a step against 447), so it pays once
-# the process has decoded ~3,000 tokens. Until then, and in a one-shot `slm generate` of 200
-# tokens (2.0 s in all with numpy, 2.8 s when it loaded numba), the numpy step serves.
+# the process has decoded ~3,000 tokens. A one-shot `slm generate` of 200 tokens took 2.0 s
+# in all with the numpy step and 2.8 s when it loaded numba first. So the numpy step serves
+# until the tokens asked for cross this line; then the compiled step loads in a background
+# thread and generations move over to it as soon as it is ready (`_Decoder.step`).
 WORTH_LOADING_TOKENS = 3_000
 _tokens_asked = 0  # batch-1 CPU tokens this process has asked for
+
+
+def compiled_suits(model: GPT, cache: KVCache) -> bool:
+    """Whether this model and cache would decode fastest through the compiled step: float32
+    on the CPU at batch 1, unless several threads would serve a model past the processor's
+    caches better (`ONE_THREAD_BYTES`)."""
+    weights = next(model.parameters())
+    float32_cpu = all(
+        t.device.type == "cpu" and t.dtype == torch.float32 for t in (weights, cache.k)
+    )
+    if not float32_cpu or cache.k.shape[1] != 1 or not numba_available():
+        return False
+    size = sum(p.numel() for p in model.parameters()) * 4
+    return torch.get_num_threads() == 1 or size <= ONE_THREAD_BYTES
 
 
 def lean_step(model: GPT, cache: KVCache, new_tokens: int = 0) -> LeanStep:
     """The fastest one-token step for this model and batch, for `new_tokens` more tokens.
 
-    - Float32 on the CPU at batch 1: the compiled step (`compiled_step`, numba) once it is
-      loaded or worth loading, unless several threads would serve a model too big for the
-      processor's cache better.
+    - Where the compiled step suits (`compiled_suits`): that step once it is loaded; until
+      then the numpy step, and the compiled step starts loading in the background once the
+      tokens asked for make it worth it.
     - Float32 on the CPU otherwise: the numpy step (`cpu_step`; batches are matrix
       products, where BLAS is at its best).
     - Any other device or dtype: the torch step (`decode_step`).
     """
-    on_cpu = cache.k.device.type == "cpu" and cache.k.dtype == torch.float32
+    global _tokens_asked
     weights = next(model.parameters())
+    on_cpu = cache.k.device.type == "cpu" and cache.k.dtype == torch.float32
     if not (on_cpu and weights.device.type == "cpu" and weights.dtype == torch.float32):
         return DecodeStep(model, cache)
-    global _tokens_asked
-    size = sum(p.numel() for p in model.parameters()) * 4
-    one_thread = torch.get_num_threads() == 1 or size <= ONE_THREAD_BYTES
-    if cache.k.shape[1] == 1 and one_thread and numba_available():
+    if compiled_suits(model, cache):
+        if compiled_step.is_loaded():
+            return CompiledDecodeStep(model, cache)
         _tokens_asked += new_tokens
-        if compiled_step.is_loaded() or _tokens_asked >= WORTH_LOADING_TOKENS:
-            kernel = compiled_step.load()
-            if kernel is not None:
-                return CompiledDecodeStep(model, cache, kernel)
+        if _tokens_asked >= WORTH_LOADING_TOKENS:
+            compiled_step.load_in_background(model)
     return CpuDecodeStep(model, cache)
