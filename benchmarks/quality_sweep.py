@@ -61,6 +61,10 @@ def run_one(name: str, seed: int, tokens: int, data: Path, work: Path) -> dict[s
     )
     wall_s = time.perf_counter() - start
     val = evaluate_model(run_dir, [], split="val")
+    # Training speed as the median of the steps' own rates: a pause (another job, a stopped
+    # process) stretches a few steps and the wall time, not the median.
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["tokens_per_s"] for r in records if "train_loss" in r and "tokens_per_s" in r]
     return {
         "variant": name,
         "settings": VARIANTS[name],
@@ -69,7 +73,7 @@ def run_one(name: str, seed: int, tokens: int, data: Path, work: Path) -> dict[s
         "steps": result.step,
         "bpb": val.bpb,
         "wall_s": round(wall_s, 1),
-        "tokens_per_s": round(result.tokens / wall_s),
+        "tokens_per_s": round(statistics.median(rates)),
         "processor": machine_info()["processor"],
         "date": time.strftime("%Y-%m-%d"),
     }
