@@ -89,10 +89,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     ]
     for runs in by_variant.values():
         bpbs = [r["bpb"] for r in runs]
+        rates = [r["tokens_per_s"] for r in runs if r.get("tokens_per_s")] or [float("nan")]
         lines.append(
             f"| {runs[0]['variant']} | {runs[0]['tokens'] / 1e6:.1f} M | {len(runs)} "
             f"| {statistics.mean(bpbs):.4f} | {max(bpbs) - min(bpbs):.4f} "
-            f"| {statistics.median(r['tokens_per_s'] for r in runs):,.0f} |"
+            f"| {statistics.median(rates):,.0f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -4,7 +4,7 @@ One new token of a small model is 17 matrix-vector products and about a hundred 
 operations between them. In numpy (`cpu_step`) each small operation costs 1-4 us of Python
 and dispatch, whatever its size: on seed-2.5m they took 243 us a step against 230 us for all
 the products. Here the whole step is one compiled function, so they cost what their
-arithmetic costs. On a 2-core AMD EPYC, one thread, 2026-11-29: 266 us a step against 450
+arithmetic costs. On a 2-core AMD EPYC, one thread, 2026-11-29: 255 us a step against 447
 in numpy (seed-2.5m, batch 1).
 
 The products themselves read eight rows of the weight matrix per pass over the output, so
@@ -19,10 +19,11 @@ the torch one seen through numpy, so prefill through `GPT.forward` fills what th
 Loading it has a price, once per process: importing numba and loading the machine code
 from numba's cache take ~0.6 s and ~100 MB (`__pycache__` beside `kernels.py`, or numba's
 per-user cache where that is not writable; the very first load compiles, ~6 s). At ~200 us
-saved a token that is repaid after ~3,000 tokens, so `steps.lean_step` takes this step
-once it is loaded or once the process has asked for that many tokens, and `slm chat` loads
-it in the background while the user types (`load_in_background`). Where numba is missing
-or fails to import, the numpy step does the work.
+saved a token that is repaid after ~3,000 tokens, so `steps.lean_step` hands out the numpy
+step until a process has asked for that many, then starts loading this one in a background
+thread (`load_in_background`; `slm chat` starts it while the user types), and generations
+move over once it is ready. Where numba is missing or fails to import or compile, the numpy
+step does the work (`failure()` says why).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The compiled functions of `compiled_step` (numba): imported only when that step is made.
+"""The compiled functions of `compiled_step` (numba): imported only when that step loads.
 
 Module-level functions so that numba's cache can key them by name: compiled once (~5 s),
 then loaded from the cache by every later process (~0.3 s).
@@ -14,10 +14,11 @@ from numba import njit
 FASTMATH = {"contract", "reassoc", "arcp", "nsz"}
 
 jit = njit(cache=True, fastmath=FASTMATH, nogil=True)
+Array = np.ndarray
 
 
 @jit
-def matvec(x, weights, entry, out):
+def matvec(x: Array, weights: Array, entry: Array, out: Array) -> None:
     """out = x @ W, for W the (K, N) matrix at entry = (offset, K, N) of `weights`."""
     offset, K, N = entry[0], entry[1], entry[2]
     W = weights[offset : offset + K * N].reshape((K, N))
@@ -38,7 +39,7 @@ def matvec(x, weights, entry, out):
 
 
 @jit
-def normed(x, eps, out):
+def normed(x: Array, eps: np.float32, out: Array) -> None:
     """out = x / rms(x), up to the sqrt(C) folded into the next matrix."""
     total = np.float32(0.0)
     for c in range(x.shape[0]):
@@ -49,7 +50,7 @@ def normed(x, eps, out):
 
 
 @jit
-def rotate(head, cos, sin_rot, out):
+def rotate(head: Array, cos: Array, sin_rot: Array, out: Array) -> None:
     """Rotary positions: out[j] = head[j] cos[j] + head[partner j] sin_rot[j]."""
     half = head.shape[0] // 2
     for j in range(half):
@@ -58,7 +59,7 @@ def rotate(head, cos, sin_rot, out):
 
 
 @jit
-def attend(q, keys, values, scores, out):
+def attend(q: Array, keys: Array, values: Array, scores: Array, out: Array) -> None:
     """One query head over the T cached keys/values (T, hd): softmax(q.k) @ v."""
     T, hd = keys.shape[0], keys.shape[1]
     top = np.float32(-np.inf)
@@ -80,8 +81,15 @@ def attend(q, keys, values, scores, out):
 
 
 @jit
-def step(token, pos, embedding, weights, entries, cos, sin_rot, k, v, dims, eps):
-    """Logits (vocab,) for `token` at `pos`; writes its keys/values into k, v (L, KV, T, hd)."""
+def step(
+    token: int, pos: int, embedding: Array, weights: Array, entries: Array,
+    cos: Array, sin_rot: Array, k: Array, v: Array, dims: Array, eps: np.float32,
+) -> Array:  # fmt: skip
+    """Logits (vocab,) for `token` at `pos`; writes its keys/values into k, v (L, KV, T, hd).
+
+    `weights` and `entries` are `cpu_step`'s packed matrices, four a layer (qkv, out,
+    gate_up, down) and the head; dims = (n_heads, n_kv_heads, head_dim, d_ff).
+    """
     H, KV, hd, d_ff = dims[0], dims[1], dims[2], dims[3]
     n_layers, group = k.shape[0], H // KV
     x = embedding[token].copy()
