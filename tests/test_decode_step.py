@@ -242,13 +242,16 @@ def wait_for_loader() -> None:
 @needs_numba
 def test_the_compiled_step_loads_in_the_background_once_it_pays(fresh_process) -> None:
     # Loading costs a process ~0.6 s: short generations in a fresh process keep numpy.
-    model = tiny_model()
-    assert isinstance(lean_step(model, KVCache(model.config, 1), 200), CpuDecodeStep)
+    model = tiny_model(seed=5, context_len=32)
+    tokenizer = Tokenizer.train(["the cat sat on the mat, said the dog. " * 40], vocab_size=300)
+    short = SampleConfig(temperature=0, max_new_tokens=20, ignore_eot=True)
+    generate(model, tokenizer, "the cat", short)
     assert compiled_step._loader is None
-    step = lean_step(model, KVCache(model.config, 1), steps.WORTH_LOADING_TOKENS)
-    assert isinstance(step, CpuDecodeStep)  # this generation starts on numpy ...
+    assert isinstance(lean_step(model, KVCache(model.config, 1), 20), CpuDecodeStep)
+    long = SampleConfig(temperature=0, max_new_tokens=steps.WORTH_LOADING_TOKENS, ignore_eot=True)
+    generate(model, tokenizer, "the cat", long)  # starts on numpy, starts the load
     wait_for_loader()
-    assert compiled_step.is_loaded()  # ... and the next ones are compiled
+    assert compiled_step.is_loaded()
     assert isinstance(lean_step(model, KVCache(model.config, 1), 1), CompiledDecodeStep)
 
 
@@ -280,8 +283,9 @@ def test_a_generation_moves_to_the_compiled_step_when_it_is_ready(
 def test_without_a_working_numba_the_numpy_step_decodes(fresh_process, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "slm.generation.kernels", None)  # the import fails
     model = tiny_model()
-    lean_step(model, KVCache(model.config, 1), steps.WORTH_LOADING_TOKENS)
-    wait_for_loader()
+    thread = compiled_step.load_in_background(model)
+    assert thread is not None
+    thread.join(timeout=120)
     assert not compiled_step.is_loaded()
     assert "slm.generation.kernels" in compiled_step.failure()
     assert not compiled_step.numba_available()

@@ -31,7 +31,7 @@ from slm.generation import compiled_step
 from slm.generation.compiled_step import CompiledDecodeStep
 from slm.generation.cpu_step import CpuDecodeStep
 from slm.generation.sampling import make_generator, sample_next_token
-from slm.generation.steps import compiled_suits, lean_step
+from slm.generation.steps import compiled_suits, lean_step, worth_loading_compiled
 from slm.generation.stream_text import Completion, Piece, SampleText
 from slm.model import GPT, KVCache
 from slm.tokenizer.bpe import Tokenizer
@@ -181,6 +181,7 @@ class _Decoder:
         self.awaits_compiled = isinstance(self.decode, CpuDecodeStep) and compiled_suits(
             model, self.cache
         )
+        self.load_started = False
         # Sampling in torch after a numpy step: numpy's BLAS threads own the cores, and
         # torch's would spin against them (batch 8 on 2 cores: 658 tokens/s with both pools
         # at 2, 4,347 with torch at 1).
@@ -205,14 +206,22 @@ class _Decoder:
 
     def step(self) -> list[int]:
         """Feed the newest tokens; return each sample's next token."""
-        if self.awaits_compiled and compiled_step.is_loaded():
-            self._use_compiled_step()
+        if self.awaits_compiled:
+            self._await_compiled_step()
         start = window_start(self.start, self.length, self.context_len)
         if self.numpy_decode is not None and start == self.start:
             return self._argmax(self.numpy_decode(self.ids_np[:, self.length - 1]))
         return self._torch_step(start)
 
-    def _use_compiled_step(self) -> None:
+    def _await_compiled_step(self) -> None:
+        """Start loading the compiled step once it pays (after the first token, which the
+        loading would slow: 0.30 s to the first token of `small` became 0.48), and move
+        over at the first step after it is ready."""
+        if not compiled_step.is_loaded():
+            if not self.load_started and worth_loading_compiled():
+                compiled_step.load_in_background(self.model)
+                self.load_started = True
+            return
         self.awaits_compiled = False
         self.decode = CompiledDecodeStep(self.model, self.decode.cache)
         if self.numpy_decode is not None:

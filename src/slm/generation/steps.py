@@ -30,7 +30,8 @@ ONE_THREAD_BYTES = 64_000_000
 # the process has decoded ~3,000 tokens. A one-shot `slm generate` of 200 tokens took 2.0 s
 # in all with the numpy step and 2.8 s when it loaded numba first. So the numpy step serves
 # until the tokens asked for cross this line; then the compiled step loads in a background
-# thread and generations move over to it as soon as it is ready (`_Decoder.step`).
+# thread, started after the first token (so that token is not slowed), and generations move
+# over to it as soon as it is ready (`_Decoder.step`).
 WORTH_LOADING_TOKENS = 3_000
 _tokens_asked = 0  # batch-1 CPU tokens this process has asked for
 
@@ -53,8 +54,8 @@ def lean_step(model: GPT, cache: KVCache, new_tokens: int = 0) -> LeanStep:
     """The fastest one-token step for this model and batch, for `new_tokens` more tokens.
 
     - Where the compiled step suits (`compiled_suits`): that step once it is loaded; until
-      then the numpy step, and the compiled step starts loading in the background once the
-      tokens asked for make it worth it.
+      then the numpy step, and generation starts loading the compiled one in the
+      background once the tokens asked for make it worth it (`worth_loading_compiled`).
     - Float32 on the CPU otherwise: the numpy step (`cpu_step`; batches are matrix
       products, where BLAS is at its best).
     - Any other device or dtype: the torch step (`decode_step`).
@@ -68,6 +69,10 @@ def lean_step(model: GPT, cache: KVCache, new_tokens: int = 0) -> LeanStep:
         if compiled_step.is_loaded():
             return CompiledDecodeStep(model, cache)
         _tokens_asked += new_tokens
-        if _tokens_asked >= WORTH_LOADING_TOKENS:
-            compiled_step.load_in_background(model)
     return CpuDecodeStep(model, cache)
+
+
+def worth_loading_compiled() -> bool:
+    """Whether this process has asked for enough batch-1 CPU tokens to load the compiled
+    step (`WORTH_LOADING_TOKENS`)."""
+    return _tokens_asked >= WORTH_LOADING_TOKENS
