@@ -62,10 +62,10 @@ def failure() -> str | None:
 def load() -> Any | None:
     """The compiled step function, loaded on first use (thread-safe); None without numba.
 
-    Loading runs it once on a tiny model, which makes numba bring in the machine code for
-    the argument types every later call uses, so no real generation pays for it. Any
-    failure (numba too old or too new for this numpy, no compiler support) is kept in
-    `failure()` and the numpy step does the work.
+    Loading runs it once on zeros shaped like a one-layer model, which makes numba bring in
+    the machine code for the argument types every later call uses, so no real generation
+    pays for it. Any failure (numba too old or too new for this numpy, no compiler support)
+    is kept in `failure()` and the numpy step does the work.
     """
     global _kernel, _failure
     with _lock:
@@ -120,7 +120,7 @@ class CompiledDecodeStep:
     The same contract as `DecodeStep.__call__`: the row at `cache.pos`, which it advances.
     """
 
-    def __init__(self, model: GPT, cache: KVCache, kernel: Any = None):
+    def __init__(self, model: GPT, cache: KVCache):
         if cache.k.shape[1] != 1:
             raise ValueError("the compiled step decodes one sequence at a time (batch 1)")
         config = model.config
@@ -136,7 +136,7 @@ class CompiledDecodeStep:
         sin = model.rope_sin.numpy()
         self.cos = np.ascontiguousarray(model.rope_cos.numpy())
         self.sin_rot = np.ascontiguousarray(np.concatenate([-sin[:, :half], sin[:, half:]], -1))
-        self.kernel = kernel or load()
+        self.kernel = load()
         if self.kernel is None:
             raise RuntimeError("the compiled decode step needs numba, which is unavailable")
 

@@ -36,15 +36,17 @@ WORTH_LOADING_TOKENS = 3_000
 _tokens_asked = 0  # batch-1 CPU tokens this process has asked for
 
 
+def _float32_cpu(model: GPT, cache: KVCache) -> bool:
+    """The CPU steps' domain: float32 weights and cache in CPU memory."""
+    weights = next(model.parameters())
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (weights, cache.k))
+
+
 def compiled_suits(model: GPT, cache: KVCache) -> bool:
     """Whether this model and cache would decode fastest through the compiled step: float32
     on the CPU at batch 1, unless several threads would serve a model past the processor's
     caches better (`ONE_THREAD_BYTES`)."""
-    weights = next(model.parameters())
-    float32_cpu = all(
-        t.device.type == "cpu" and t.dtype == torch.float32 for t in (weights, cache.k)
-    )
-    if not float32_cpu or cache.k.shape[1] != 1 or not numba_available():
+    if not _float32_cpu(model, cache) or cache.k.shape[1] != 1 or not numba_available():
         return False
     size = sum(p.numel() for p in model.parameters()) * 4
     return torch.get_num_threads() == 1 or size <= ONE_THREAD_BYTES
@@ -61,9 +63,7 @@ def lean_step(model: GPT, cache: KVCache, new_tokens: int = 0) -> LeanStep:
     - Any other device or dtype: the torch step (`decode_step`).
     """
     global _tokens_asked
-    weights = next(model.parameters())
-    on_cpu = cache.k.device.type == "cpu" and cache.k.dtype == torch.float32
-    if not (on_cpu and weights.device.type == "cpu" and weights.dtype == torch.float32):
+    if not _float32_cpu(model, cache):
         return DecodeStep(model, cache)
     if compiled_suits(model, cache):
         if compiled_step.is_loaded():
