@@ -51,7 +51,9 @@ def small_tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --------------------------------------------------------------------------- model folders
 
 
-def build_model_dir(folder: Path, text: str, context_len: int = 32, seed: int = 0) -> Path:
+def build_model_dir(
+    folder: Path, text: str, context_len: int = 32, seed: int = 0, qk_norm: bool = True
+) -> Path:
     """A model folder as `slm train` leaves it: random (seeded) weights, a real tokenizer."""
     import torch
 
@@ -63,7 +65,12 @@ def build_model_dir(folder: Path, text: str, context_len: int = 32, seed: int = 
     tokenizer = Tokenizer.train([text], vocab_size=300)
     torch.manual_seed(seed)
     config = ModelConfig(
-        vocab_size=tokenizer.vocab_size, context_len=context_len, d_model=32, n_layers=2, n_heads=2
+        vocab_size=tokenizer.vocab_size,
+        context_len=context_len,
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        qk_norm=qk_norm,
     )
     checkpoint.save_model(folder, GPT(config))
     tokenizer.save(folder / checkpoint.TOKENIZER_FILE)

@@ -64,6 +64,25 @@ def test_config_json_is_explicit_and_versioned(model_dir):
     assert data["d_ff"] > 0
 
 
+def test_a_model_saved_before_qk_norm_loads_without_it(model_dir):
+    """Its config.json has no "qk_norm": it was trained without, and must compute as then."""
+    folder, model = model_dir
+    assert model.config.qk_norm  # today's default
+    plain = GPT(ModelConfig(**{**model.config.to_dict(), "qk_norm": False}))
+    plain.load_state_dict(model.state_dict())  # the same tensors: QK-norm has no weights
+    checkpoint.save_model(folder, plain)
+    path = folder / checkpoint.CONFIG_FILE
+    data = json.loads(path.read_text())
+    del data["qk_norm"]
+    path.write_text(json.dumps(data))
+    loaded = checkpoint.load_model(folder)
+    assert not loaded.config.qk_norm
+    idx = torch.randint(0, model.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(loaded(idx), plain.eval()(idx))
+        assert not torch.allclose(loaded(idx), model.eval()(idx))
+
+
 @pytest.mark.parametrize("missing", ["config.json", "model.safetensors", "tokenizer.json"])
 def test_missing_file_is_a_clear_error(model_dir, missing):
     folder, _ = model_dir

@@ -43,9 +43,12 @@ def tiny_model(seed: int = 0, **overrides) -> GPT:
         pytest.param(CompiledDecodeStep, kv, 1, marks=needs_numba) for kv in (4, 2, 1)
     ],
 )
+@pytest.mark.parametrize("qk_norm", [True, False], ids=["qk-norm", "plain"])
 @torch.inference_mode()
-def test_steps_give_forward_logits_and_cache(step_class, n_kv_heads: int, batch: int) -> None:
-    model = tiny_model(n_kv_heads=n_kv_heads)
+def test_steps_give_forward_logits_and_cache(
+    step_class, n_kv_heads: int, batch: int, qk_norm: bool
+) -> None:
+    model = tiny_model(n_kv_heads=n_kv_heads, qk_norm=qk_norm)
     ids = torch.randint(0, 512, (batch, 30))
     by_forward, by_step = KVCache(model.config, batch), KVCache(model.config, batch)
     model(ids[:, :10], by_forward)

@@ -35,9 +35,15 @@ def _sharpen(model_dir: Path, seed: int = 0) -> Path:
     return model_dir
 
 
-@pytest.fixture(scope="module")
-def model_dir(make_model_dir, make_corpus_text) -> Path:
-    return _sharpen(make_model_dir(make_corpus_text(3000) + VARIED_TEXT, context_len=96))
+# QK-norm (the default) exports as Qwen3 / llama.cpp's qwen3, without it as Llama / llama.
+@pytest.fixture(scope="module", params=[True, False], ids=["qk-norm", "llama"])
+def model_dir(make_model_dir, make_corpus_text, request) -> Path:
+    text = make_corpus_text(3000) + VARIED_TEXT
+    return _sharpen(make_model_dir(text, context_len=96, qk_norm=request.param))
+
+
+def _qk_norm(model_dir: Path) -> bool:
+    return json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["qk_norm"]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +62,7 @@ def _slm(folder: Path):
 # --------------------------------------------------------------------------- hf
 
 
-def test_hf_folder_has_the_files_transformers_and_the_hub_expect(hf_dir: Path):
+def test_hf_folder_has_the_files_transformers_and_the_hub_expect(model_dir: Path, hf_dir: Path):
     names = {p.name for p in hf_dir.iterdir()}
     assert {
         "config.json",
@@ -67,7 +73,8 @@ def test_hf_folder_has_the_files_transformers_and_the_hub_expect(hf_dir: Path):
         "README.md",
     } <= names
     config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
-    assert config["architectures"] == ["LlamaForCausalLM"] and config["tie_word_embeddings"]
+    expected = "Qwen3ForCausalLM" if _qk_norm(model_dir) else "LlamaForCausalLM"
+    assert config["architectures"] == [expected] and config["tie_word_embeddings"]
     card = (hf_dir / "README.md").read_text(encoding="utf-8")
     assert "AutoModelForCausalLM" in card and "parameters" in card
 
@@ -170,7 +177,8 @@ def test_gguf_holds_slm_vocabulary_and_weights_in_llama_order(
 
     reader = gguf.GGUFReader(gguf_files["f32"])
     field = reader.get_field
-    assert field("general.architecture").contents() == "llama"
+    qk_norm = _qk_norm(model_dir)
+    assert field("general.architecture").contents() == ("qwen3" if qk_norm else "llama")
     assert field("tokenizer.ggml.pre").contents() == "gpt-2"
     ours = _slm(model_dir)
     vocab = ours.tokenizer.hf.get_vocab()
@@ -179,7 +187,11 @@ def test_gguf_holds_slm_vocabulary_and_weights_in_llama_order(
     tensors = {t.name: torch.from_numpy(t.data.copy()) for t in reader.tensors}
     c = ours.config
     q = ours.model.layers[0].attn.qkv.weight[: c.d_model]
-    assert torch.equal(tensors["blk.0.attn_q.weight"], interleave_rope_rows(q, c.n_heads))
+    # llama.cpp's llama rotates adjacent pairs (rows reordered); its qwen3 rotates halves.
+    assert torch.equal(
+        tensors["blk.0.attn_q.weight"], q if qk_norm else interleave_rope_rows(q, c.n_heads)
+    )
+    assert ("blk.0.attn_q_norm.weight" in tensors) == qk_norm
     assert torch.equal(tensors["token_embd.weight"], ours.model.tok_emb.weight)
     sizes = {d: p.stat().st_size for d, p in gguf_files.items()}
     assert sizes["f32"] > sizes["f16"] > sizes["q8_0"]

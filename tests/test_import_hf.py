@@ -77,6 +77,49 @@ def test_an_hf_llama_folder_loads_with_transformers_logits(hf_llama_dir: Path):
     assert (ours - _hf_logits(hf_llama_dir, ids)).abs().max() < 1e-4
 
 
+def _qwen3_dir(folder: Path, gain: float) -> Path:
+    """A random Qwen3ForCausalLM (a Llama with QK-norm), its query/key norm gains at `gain`."""
+    torch.manual_seed(0)
+    config = transformers.Qwen3Config(
+        vocab_size=320,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=1,
+    )
+    model = transformers.Qwen3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                param.fill_(gain)
+    model.save_pretrained(folder)
+    _byte_level_tokenizer(["<s>", "</s>"]).save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def test_a_qwen3_folder_with_unit_qk_gains_loads_as_qk_norm(tmp_path: Path):
+    """slm's QK-norm exports as Qwen3 with gains of one; such a folder reads back exactly,
+    and one with learned gains (which slm's model has no place for) is refused."""
+    import slm
+
+    folder = _qwen3_dir(tmp_path / "qwen3", gain=1.0)
+    loaded = slm.load(folder, device="cpu")
+    assert loaded.config.qk_norm and loaded.config.n_kv_heads == 2
+    ids = torch.randint(0, 320, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = loaded.model(ids)
+    assert (ours - _hf_logits(folder, ids)).abs().max() < 1e-4
+    with pytest.raises(SLMError, match="learned query/key norm gains"):
+        slm.load(_qwen3_dir(tmp_path / "gains", gain=1.5), device="cpu")
+
+
 def test_generate_and_eval_accept_an_hf_folder(hf_llama_dir: Path, tmp_path: Path, capsys):
     from slm.cli.main import main
 
@@ -137,6 +180,7 @@ BASE = {
         ({"tie_word_embeddings": False}, "untied output head"),
         ({"model_type": "mistral"}, "model_type 'mistral'"),
         ({"head_dim": 32}, "head_dim 32"),
+        ({"model_type": "qwen3", "use_sliding_window": True}, "sliding-window attention"),
     ],
 )
 def test_a_config_slm_cannot_hold_is_refused_by_name(change: dict, named: str):

@@ -68,9 +68,10 @@ def naive_attention(q, k, v):
     return scores.masked_fill(mask, float("-inf")).softmax(-1) @ v
 
 
-def test_attention_matches_naive_maths():
+@pytest.mark.parametrize("qk_norm", [True, False], ids=["qk-norm", "plain"])
+def test_attention_matches_naive_maths(qk_norm: bool):
     torch.manual_seed(0)
-    cfg = tiny()
+    cfg = ModelConfig(**{**tiny().to_dict(), "qk_norm": qk_norm})
     model = GPT(cfg)
     attn = model.layers[0].attn
     x = torch.randn(2, 9, cfg.d_model)
@@ -78,9 +79,28 @@ def test_attention_matches_naive_maths():
     q, k, v = attn.qkv(x).split(cfg.d_model, dim=-1)
     shape = (2, 9, cfg.n_heads, cfg.head_dim)
     q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
+    if qk_norm:  # each head's query and key divided by its root mean square
+        q = q / (q.square().mean(-1, keepdim=True) + cfg.norm_eps).sqrt()
+        k = k / (k.square().mean(-1, keepdim=True) + cfg.norm_eps).sqrt()
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     expected = attn.out(naive_attention(q, k, v).transpose(1, 2).reshape(2, 9, cfg.d_model))
     torch.testing.assert_close(attn(x, cos, sin), expected, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
+    """What QK-norm is for: query/key weights grown 50x leave the scores where they were,
+    where without it the softmax would saturate on one key."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 9, tiny().d_model)
+    for qk_norm in (True, False):
+        cfg = ModelConfig(**{**tiny().to_dict(), "qk_norm": qk_norm})
+        attn = GPT(cfg).layers[0].attn
+        cos, sin = rope_tables(cfg.head_dim, 9, cfg.rope_theta)
+        before = attn(x, cos, sin)
+        attn.qkv.weight[: 2 * cfg.d_model] *= 50.0  # the query and key rows
+        after = attn(x, cos, sin)
+        assert torch.allclose(after, before, atol=1e-5) == qk_norm
 
 
 def test_rope_scores_depend_only_on_relative_position():

@@ -57,6 +57,7 @@ def load_config(folder: str | os.PathLike) -> ModelConfig:
     fields = {
         k: v for k, v in data.items() if k not in ("format_version", "architecture", "slm_version")
     }
+    fields.setdefault("qk_norm", False)  # models saved before the setting had none
     try:
         return ModelConfig.from_dict(fields, source=str(path))
     except TypeError as exc:

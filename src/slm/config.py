@@ -41,6 +41,8 @@ class ModelConfig:
     d_ff: int = 0  # 0 means "about 8/3 * d_model, rounded up to a multiple of 64" (SwiGLU)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    # Queries and keys at unit RMS per head: 0.07 bits/byte at 2 M tokens (benchmarks/README.md).
+    qk_norm: bool = True
 
     def __post_init__(self) -> None:
         _check_types(self)

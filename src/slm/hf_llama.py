@@ -1,5 +1,7 @@
 """slm's model in transformers' Llama terms, both ways: weight names and layouts, the config,
-and reading a transformers Llama folder as an slm model.
+and reading a transformers Llama folder as an slm model. A model with QK-norm maps to
+transformers' Qwen3, which is that Llama with an RMSNorm on each query and key head (slm's
+has no gain, so the Qwen3 gains are ones, and only gains of one are read back).
 
 slm's model is a Llama on purpose, so the mapping is one name per tensor, with two layout
 differences: slm stores q/k/v as one `qkv` matrix and gate/up as one `gate_up` matrix (one
@@ -37,6 +39,9 @@ HF_WEIGHTS_INDEX = "model.safetensors.index.json"
 HF_TOKENIZER_FILE = "tokenizer.json"
 HF_GENERATION_CONFIG = "generation_config.json"
 ARCHITECTURE = "LlamaForCausalLM"
+# A model with QK-norm is a Qwen3 in transformers' terms: a Llama whose attention scales each
+# query and key head by an RMSNorm before the rotation, with tied embeddings.
+QK_NORM_ARCHITECTURE = "Qwen3ForCausalLM"
 
 
 # --------------------------------------------------------------------------- weight names
@@ -74,6 +79,9 @@ def to_hf_state(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str
         out[prefix + "self_attn.v_proj.weight"] = v
         out[prefix + "mlp.gate_proj.weight"] = gate
         out[prefix + "mlp.up_proj.weight"] = up
+        if config.qk_norm:  # slm's QK-norm has no gain: Qwen3's gains at one
+            out[prefix + "self_attn.q_norm.weight"] = torch.ones(config.head_dim)
+            out[prefix + "self_attn.k_norm.weight"] = torch.ones(config.head_dim)
     return {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in out.items()}
 
 
@@ -104,6 +112,13 @@ def from_hf_state(
         state[f"layers.{i}.attn.qkv.weight"] = torch.cat(parts, dim=0)
         parts = [_take(tensors, p + f"mlp.{n}_proj.weight", source) for n in ("gate", "up")]
         state[f"layers.{i}.mlp.gate_up.weight"] = torch.cat(parts, dim=0)
+        if config.qk_norm:
+            for n in ("q", "k"):
+                gain = _take(tensors, p + f"self_attn.{n}_norm.weight", source)
+                if not torch.all(gain == 1):
+                    raise _unsupported(
+                        f"learned query/key norm gains ({p}self_attn.{n}_norm)", source
+                    )
     # Buffers some transformers versions save (rotary inv_freq) are a function of the config.
     leftover = [name for name in tensors if not name.endswith("rotary_emb.inv_freq")]
     if leftover:
@@ -152,6 +167,19 @@ def to_hf_config(config: ModelConfig, bos_id: int, eos_id: int, pad_id: int) -> 
         "pad_token_id": pad_id,
         "torch_dtype": "float32",
         "use_cache": True,
+        **(_qwen3_keys(config) if config.qk_norm else {}),
+    }
+
+
+def _qwen3_keys(config: ModelConfig) -> dict[str, Any]:
+    """What makes the config a Qwen3 one: its architecture, and every layer full attention."""
+    return {
+        "architectures": [QK_NORM_ARCHITECTURE],
+        "model_type": "qwen3",
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "max_window_layers": config.n_layers,
+        "layer_types": ["full_attention"] * config.n_layers,
     }
 
 
@@ -169,8 +197,11 @@ def is_hf_folder(folder: str | os.PathLike) -> bool:
 
 def from_hf_config(data: dict[str, Any], source: str = "config.json") -> ModelConfig:
     """A transformers Llama config.json -> slm's ModelConfig; refuses what slm cannot hold."""
-    if data.get("model_type") != "llama":
-        raise _unsupported(f"model_type {data.get('model_type')!r} (slm reads llama)", source)
+    model_type = data.get("model_type")
+    if model_type not in ("llama", "qwen3"):
+        raise _unsupported(f"model_type {model_type!r} (slm reads llama and qwen3)", source)
+    if data.get("use_sliding_window"):
+        raise _unsupported("sliding-window attention (use_sliding_window: true)", source)
     rope = data.get("rope_parameters") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if data.get("rope_scaling") or rope_type != "default":
@@ -198,6 +229,7 @@ def from_hf_config(data: dict[str, Any], source: str = "config.json") -> ModelCo
         "d_ff": data["intermediate_size"],
         "rope_theta": float(rope.get("rope_theta", data.get("rope_theta", 10000.0))),
         "norm_eps": float(data.get("rms_norm_eps", 1e-6)),
+        "qk_norm": model_type == "qwen3",
     }
     return ModelConfig(**fields)
 
@@ -205,7 +237,7 @@ def from_hf_config(data: dict[str, Any], source: str = "config.json") -> ModelCo
 def _unsupported(feature: str, source: str) -> SLMError:
     return SLMError(
         f"{source}: slm's model cannot hold {feature}",
-        hint="slm imports plain Llama models: tied embeddings, default RoPE, no biases",
+        hint="slm imports plain Llama (and Qwen3) models: tied embeddings, default RoPE, no biases",
     )
 
 

@@ -106,7 +106,10 @@ class Attention(nn.Module):
     """Causal self-attention with rotary positions and optional grouped-query heads.
 
     With n_kv_heads < n_heads, groups of query heads share one key/value head: a smaller
-    KV cache for the same number of query heads.
+    KV cache for the same number of query heads. With `qk_norm`, each head's query and key
+    are scaled to unit RMS (no gain) before they meet, so a score q·k/sqrt(head_dim) lies
+    within ±sqrt(head_dim) however large the projection weights grow: no head's softmax can
+    saturate on one key early in training, which with Muon's fast updates otherwise happens.
     """
 
     def __init__(self, config: ModelConfig, layer: int):
@@ -115,6 +118,8 @@ class Attention(nn.Module):
         self.n_heads = config.n_heads
         self.n_kv_heads = config.n_kv_heads
         self.head_dim = config.head_dim
+        self.qk_norm = config.qk_norm
+        self.eps = config.norm_eps
         qkv_dim = (config.n_heads + 2 * config.n_kv_heads) * config.head_dim
         self.qkv = nn.Linear(config.d_model, qkv_dim, bias=False)
         self.out = nn.Linear(config.n_heads * config.head_dim, config.d_model, bias=False)
@@ -134,6 +139,9 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q = F.rms_norm(q, (self.head_dim,), eps=self.eps)
+            k = F.rms_norm(k, (self.head_dim,), eps=self.eps)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
         past = 0

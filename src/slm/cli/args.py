@@ -83,6 +83,8 @@ def add_prepare(sub: Any) -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------- train
 
+_MODEL_HELP = {"qk_norm": "scale queries and keys to unit RMS per head before attention"}
+
 _TRAIN_HELP = {
     "preset": "named model shape",
     "batch_size": "sequences per batch",
@@ -141,12 +143,22 @@ def add_train(sub: Any) -> argparse.ArgumentParser:
     for f in dataclasses.fields(ModelConfig):
         if f.name == "vocab_size":
             continue  # comes from the tokenizer
+        help_text = f"(default: {getattr(seed, f.name)} in {DEFAULT_PRESET})"
+        if isinstance(getattr(seed, f.name), bool):  # --qk-norm / --no-qk-norm
+            model_group.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                action=argparse.BooleanOptionalAction,
+                dest=f.name,
+                default=None,
+                help=f"{_MODEL_HELP.get(f.name, '')} {help_text}".strip(),
+            )
+            continue
         model_group.add_argument(
             f"--{f.name.replace('_', '-')}",
             type=_field_type(f),
             dest=f.name,
             default=None,
-            help=f"(default: {getattr(seed, f.name)} in {DEFAULT_PRESET})",
+            help=help_text,
         )
     train_group = p.add_argument_group("training")
     defaults = TrainConfig()
@@ -407,7 +419,7 @@ def add_export(sub: Any) -> argparse.ArgumentParser:
         sub,
         "export",
         "write a model for transformers (hf) or llama.cpp (gguf)",
-        "Export a model folder for the tools that run Llama models.\n\n"
+        "Export a model folder for the tools that run Llama models (Qwen3 with QK-norm).\n\n"
         "  slm export runs/NAME --format hf --out hf/NAME          # transformers folder\n"
         "  slm export runs/NAME --format gguf --out NAME.gguf --dtype q8_0   # llama.cpp\n\n"
         "hf: a folder that AutoModelForCausalLM / AutoTokenizer.from_pretrained load with no\n"

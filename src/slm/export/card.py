@@ -38,7 +38,7 @@ tags: [slm, llama]
 # {source.folder.name}
 
 A small Llama-style language model trained with [slm](https://github.com/) {__version__},
-exported as a plain `LlamaForCausalLM` (no custom code). {chat}
+exported as a plain `{hf_config["architectures"][0]}` (no custom code). {chat}
 ## Model
 
 | | |

@@ -1,4 +1,6 @@
-"""`slm export --format gguf`: one GGUF file that llama.cpp runs as a `llama` model.
+"""`slm export --format gguf`: one GGUF file that llama.cpp runs as a `llama` model, or,
+for a model with QK-norm (the default), as a `qwen3` one: the same tensors plus a norm gain
+of ones for each query and key head, with rows in slm's own rotate-half order.
 
 Written with the `gguf` package (llama.cpp's own Python writer). What goes in:
 
@@ -48,6 +50,8 @@ _LAYER_NAMES = {
     "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
+    "self_attn.q_norm": "attn_q_norm",  # QK-norm models (qwen3) only
+    "self_attn.k_norm": "attn_k_norm",
 }
 
 
@@ -69,7 +73,7 @@ def export_gguf(
     out = check_out(out, force, is_folder=False)
     source = read_source(model_dir)
     with atomic_path(out) as tmp:
-        writer = gguf.GGUFWriter(str(tmp), "llama")
+        writer = gguf.GGUFWriter(str(tmp), architecture(source))
         _write_hyperparameters(writer, source, dtype, gguf)
         _write_tokenizer(writer, source, gguf)
         for name, array in gguf_tensors(source):
@@ -79,6 +83,11 @@ def export_gguf(
         writer.write_tensors_to_file()
         writer.close()
     return ExportResult(out, out.stat().st_size, time.perf_counter() - start)
+
+
+def architecture(source: ExportSource) -> str:
+    """llama.cpp's `qwen3` is its `llama` with an RMSNorm on each query and key head."""
+    return "qwen3" if source.config.qk_norm else "llama"
 
 
 def _import_gguf() -> Any:
@@ -171,12 +180,16 @@ def gguf_tensors(source: ExportSource) -> list[tuple[str, np.ndarray]]:
         ("token_embd.weight", hf.pop("model.embed_tokens.weight")),
         ("output_norm.weight", hf.pop("model.norm.weight")),
     ]
+    interleave = architecture(source) == "llama"  # qwen3 rotates halves, as slm does
     for i in range(c.n_layers):
         for ours, theirs in _LAYER_NAMES.items():
-            tensor = hf.pop(f"model.layers.{i}.{ours}.weight")
-            if theirs == "attn_q":
+            name = f"model.layers.{i}.{ours}.weight"
+            if name not in hf and theirs in ("attn_q_norm", "attn_k_norm"):
+                continue  # a model without QK-norm
+            tensor = hf.pop(name)
+            if theirs == "attn_q" and interleave:
                 tensor = interleave_rope_rows(tensor, c.n_heads)
-            elif theirs == "attn_k":
+            elif theirs == "attn_k" and interleave:
                 tensor = interleave_rope_rows(tensor, c.n_kv_heads)
             out.append((f"blk.{i}.{theirs}.weight", tensor))
     assert not hf, f"unmapped tensors: {list(hf)}"

@@ -109,9 +109,10 @@ def _run_once(step: Any) -> None:
     weights, entries = pack([np.zeros(shape, dtype=np.float32) for shape in shapes])
     cache = np.zeros((1, 1, max_len, width), dtype=np.float32)  # (layers, KV, max_len, hd)
     rope = np.ones((max_len, width), dtype=np.float32)
-    dims = np.array([1, 1, width, width], dtype=np.int64)  # H, KV, hd, d_ff
+    dims = np.array([1, 1, width, width, 1], dtype=np.int64)  # H, KV, hd, d_ff, qk_norm
     embedding = np.zeros((vocab, width), dtype=np.float32)
-    step(0, 0, embedding, weights, entries, rope, rope, cache, cache.copy(), dims, np.float32(1))
+    eps = np.float32(1)
+    step(0, 0, embedding, weights, entries, rope, rope, cache, cache.copy(), dims, eps, eps)
 
 
 class CompiledDecodeStep:
@@ -127,9 +128,11 @@ class CompiledDecodeStep:
         self.cache = cache
         self.weights = prepared_weights(model)
         self.dims = np.array(
-            [config.n_heads, config.n_kv_heads, config.head_dim, config.d_ff], dtype=np.int64
+            [config.n_heads, config.n_kv_heads, config.head_dim, config.d_ff, config.qk_norm],
+            dtype=np.int64,
         )
         self.eps = np.float32(config.d_model * config.norm_eps)  # scaled like the folded gains
+        self.head_eps = np.float32(config.head_dim * config.norm_eps)
         self.k = cache.k[:, 0].numpy()  # (n_layers, KV, max_len, hd): views of the cache
         self.v = cache.v[:, 0].numpy()
         half = config.head_dim // 2
@@ -156,7 +159,7 @@ class CompiledDecodeStep:
             raise ValueError(f"position {pos} is past the model's context of {len(self.cos)}")
         logits = self.kernel(
             token, pos, w.embedding, w.buffer, w.entries,
-            self.cos, self.sin_rot, self.k, self.v, self.dims, self.eps,
+            self.cos, self.sin_rot, self.k, self.v, self.dims, self.eps, self.head_eps,
         )  # fmt: skip
         self.cache.advance(1)
         return logits[None]

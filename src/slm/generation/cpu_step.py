@@ -14,7 +14,8 @@ weights rearranged once so that each token needs as few operations as possible:
 
 - each RMSNorm's gain is folded into the matrix that reads its output, with sqrt(d_model):
   W @ (g * x / sqrt(mean(x^2) + eps)) == (W * g * sqrt(C)) @ (x / sqrt(sum(x^2) + C * eps));
-- attention's 1/sqrt(head_dim) is folded into the query rows (rotation is linear);
+- attention's 1/sqrt(head_dim) is folded into the query rows (rotation is linear), or,
+  with QK-norm, into the norm the queries are scaled to;
 - the MLP's gate rows are halved, since silu(g) = g/2 * (1 + tanh(g/2)): three operations
   and a tanh, which unlike exp(-g) cannot overflow;
 - the rotary rotation of a position is one (head_dim, head_dim) matrix, built once a step
@@ -79,7 +80,8 @@ def _prepare(model: GPT) -> _Weights:
     gain = math.sqrt(config.d_model)
     q_dim = config.n_heads * config.head_dim
     query_scale = np.ones(_numpy(model.layers[0].attn.qkv.weight).shape[0], dtype=np.float32)
-    query_scale[:q_dim] = config.head_dim**-0.5
+    if not config.qk_norm:  # with it, the step scales the normalized queries instead
+        query_scale[:q_dim] = config.head_dim**-0.5
     half_gate = np.ones(2 * config.d_ff, dtype=np.float32)
     half_gate[: config.d_ff] = 0.5
     matrices = []  # (out, in), in the order a step reads them
@@ -155,6 +157,7 @@ class CpuDecodeStep:
         self.n_heads, self.n_kv_heads = config.n_heads, config.n_kv_heads
         self.head_dim, self.d_ff = config.head_dim, config.d_ff
         self.norm_eps = config.d_model * config.norm_eps  # eps scaled like the folded gains
+        self.qk_norm, self.head_eps = config.qk_norm, config.head_dim * config.norm_eps
         self.k = [_numpy(layer_k) for layer_k in cache.k]  # (B, KV, max_len, hd) views
         self.v = [_numpy(layer_v) for layer_v in cache.v]
         # rotate_half(x) * sin == roll(x, half) * sin_rot: column j of the rotation takes
@@ -190,6 +193,8 @@ class CpuDecodeStep:
         for layer, k_cache, v_cache in zip(weights.layers, self.k, self.v, strict=True):
             qkv = self._normed(x) @ layer.qkv  # (B, (H + 2 KV) hd)
             qk = (qkv[:, : (H + KV) * hd].reshape(-1, hd) @ self.rotation).reshape(B, -1, hd)
+            if self.qk_norm:  # after the rotation, which keeps each head's norm
+                self._qk_normed(qk)
             k_cache[:, :, pos] = qk[:, H:]
             v_cache[:, :, pos] = qkv[:, (H + KV) * hd :].reshape(B, KV, hd)
             y = self._attend(qk[:, :H], k_cache[:, :, : pos + 1], v_cache[:, :, : pos + 1])
@@ -199,6 +204,12 @@ class CpuDecodeStep:
             x += ((1.0 + np.tanh(gate)) * gate * up) @ layer.down  # silu(2 gate) * up
         self.cache.advance(1)
         return self._normed(x) @ weights.head
+
+    def _qk_normed(self, qk: np.ndarray) -> None:
+        """QK-norm in place on (B, H + KV, hd): keys to unit RMS, queries to norm 1, which
+        is unit RMS times the 1/sqrt(hd) that scores are scaled by."""
+        qk /= np.sqrt(np.einsum("bhd,bhd->bh", qk, qk)[..., None] + self.head_eps)
+        qk[:, self.n_heads :] *= math.sqrt(self.head_dim)
 
     def _attend(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
         """q (B, H, hd) over the cached keys/values (B, KV, T, hd) -> (B, H * hd).

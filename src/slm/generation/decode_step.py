@@ -49,6 +49,7 @@ class DecodeStep:
         self.cache = cache
         self.n_heads, self.n_kv_heads = config.n_heads, config.n_kv_heads
         self.head_dim, self.d_ff, self.eps = config.head_dim, config.d_ff, config.norm_eps
+        self.qk_norm = config.qk_norm
         self.width = (config.d_model,)
         self.embedding = model.tok_emb.weight
         self.final_norm = model.norm.weight
@@ -83,6 +84,8 @@ class DecodeStep:
         for layer in self.layers:
             h = F.rms_norm(x, self.width, layer.attn_norm, self.eps)
             qk, v = F.linear(h, layer.qkv).view(B, H + 2 * KV, hd).split([H + KV, KV], dim=1)
+            if self.qk_norm:
+                qk = F.rms_norm(qk, (hd,), eps=self.eps)
             qk = qk * cos + qk.roll(self.half, dims=-1) * sin_rot  # q and k rotated together
             q, k = qk.split([H, KV], dim=1)
             layer.k.select(2, pos).copy_(k)
@@ -125,6 +128,8 @@ class DecodeStep:
         for layer in self.layers:
             h = F.rms_norm(x, self.width, layer.attn_norm, self.eps)
             qk, v = F.linear(h, layer.qkv).view(B, H + 2 * KV, hd).split([H + KV, KV], dim=1)
+            if self.qk_norm:
+                qk = F.rms_norm(qk, (hd,), eps=self.eps)
             qk = qk * cos + qk.roll(self.half, dims=-1) * sin_rot
             q, k = qk.split([H, KV], dim=1)
             layer.k[rows, :, positions] = k  # (B, KV, hd) into each row's own slot

@@ -59,6 +59,18 @@ def rotate(head: Array, cos: Array, sin_rot: Array, out: Array) -> None:
 
 
 @jit
+def scale_to_norm(head: Array, norm: np.float32, eps: np.float32) -> None:
+    """head *= norm / sqrt(sum(head^2) + eps), in place: QK-norm, after the rotation (a
+    rotation keeps the norm, so before or after gives the same vector)."""
+    total = np.float32(0.0)
+    for d in range(head.shape[0]):
+        total += head[d] * head[d]
+    scale = np.float32(norm / math.sqrt(total + eps))
+    for d in range(head.shape[0]):
+        head[d] *= scale
+
+
+@jit
 def attend(q: Array, keys: Array, values: Array, scores: Array, out: Array) -> None:
     """One query head over the T cached keys/values (T, hd): softmax(q.k) @ v."""
     T, hd = keys.shape[0], keys.shape[1]
@@ -84,13 +96,17 @@ def attend(q: Array, keys: Array, values: Array, scores: Array, out: Array) -> N
 def step(
     token: int, pos: int, embedding: Array, weights: Array, entries: Array,
     cos: Array, sin_rot: Array, k: Array, v: Array, dims: Array, eps: np.float32,
+    head_eps: np.float32,
 ) -> Array:  # fmt: skip
     """Logits (vocab,) for `token` at `pos`; writes its keys/values into k, v (L, KV, T, hd).
 
     `weights` and `entries` are `cpu_step`'s packed matrices, four a layer (qkv, out,
-    gate_up, down) and the head; dims = (n_heads, n_kv_heads, head_dim, d_ff).
+    gate_up, down) and the head; dims = (n_heads, n_kv_heads, head_dim, d_ff, qk_norm).
+    With qk_norm, queries go to norm 1 (unit RMS times the score's 1/sqrt(hd)) and keys to
+    unit RMS; `head_eps` is the model's eps times head_dim, as a sum of squares needs.
     """
-    H, KV, hd, d_ff = dims[0], dims[1], dims[2], dims[3]
+    H, KV, hd, d_ff, qk_norm = dims[0], dims[1], dims[2], dims[3], dims[4]
+    key_norm = np.float32(math.sqrt(hd))
     n_layers, group = k.shape[0], H // KV
     x = embedding[token].copy()
     h = np.empty_like(x)
@@ -107,8 +123,12 @@ def step(
         for head in range(H):
             part = slice(head * hd, (head + 1) * hd)
             rotate(qkv[part], cos[pos], sin_rot[pos], q[part])
+            if qk_norm:
+                scale_to_norm(q[part], np.float32(1.0), head_eps)
         for g in range(KV):
             rotate(qkv[(H + g) * hd : (H + g + 1) * hd], cos[pos], sin_rot[pos], k[layer, g, pos])
+            if qk_norm:
+                scale_to_norm(k[layer, g, pos], key_norm, head_eps)
             v[layer, g, pos] = qkv[(H + KV + g) * hd : (H + KV + g + 1) * hd]
         for head in range(H):
             g = head // group  # grouped-query heads share a key/value head
