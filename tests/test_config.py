@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from slm.config import (
+    DEFAULT_LR,
     PRESETS,
     ModelConfig,
     SampleConfig,
@@ -56,11 +59,19 @@ def test_bad_model_settings_name_the_flag(fields, flag):
 
 def test_bad_train_settings_name_the_flag():
     with pytest.raises(SLMError, match="--lr"):
-        TrainConfig(lr=0)
+        TrainConfig(lr=-1e-3)
     with pytest.raises(SLMError, match="--max-time"):
         TrainConfig(max_time="soon")
     with pytest.raises(SLMError, match="--device"):
         TrainConfig(device="tpu")
+
+
+def test_the_default_rate_is_the_optimizers_own_and_saved_resolved():
+    # Under Muon, AdamW trains only the embedding and gains, at 3x AdamW's rate alone.
+    assert TrainConfig().lr == TrainConfig(lr=0).lr == DEFAULT_LR["muon"] == 6e-3
+    assert TrainConfig(optimizer="adamw").lr == DEFAULT_LR["adamw"] == 2e-3
+    assert TrainConfig(optimizer="adamw", lr=1e-4).lr == 1e-4
+    assert TrainConfig.from_dict(TrainConfig().to_dict()).lr == 6e-3
 
 
 def test_durations_and_save_intervals():
@@ -198,3 +209,15 @@ def test_sample_settings_normalise_a_single_stop_string_and_reject_unknown_names
     with pytest.raises(SLMError, match="temprature") as info:
         sample_config(temprature=0.5)
     assert "temperature" in info.value.hint
+
+
+def test_every_command_prints_its_help(capsys):
+    """argparse formats help texts with %: a stray one fails only when --help is asked for."""
+    from slm.cli.main import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"prepare", "train", "generate", "export", "serve"} <= set(commands.choices)
+    for name, command in commands.choices.items():
+        text = command.format_help()
+        assert name in text and "--help" in text

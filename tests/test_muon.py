@@ -85,7 +85,9 @@ def test_a_muon_run_learns_and_uses_its_own_rate(prepared, tmp_path) -> None:
     state = checkpoint.load_train_state(run_dir)
     groups = state["optimizer"]["param_groups"]
     assert [g["muon"] for g in groups] == [True, False, False]
-    assert groups[0]["lr"] == pytest.approx(10 * groups[1]["lr"])  # muon_lr / lr
+    settings = json.loads((run_dir / "train_config.json").read_text())
+    ratio = settings["muon_lr"] / settings["lr"]  # lr 0 was resolved to Muon's default
+    assert settings["lr"] > 0 and groups[0]["lr"] == pytest.approx(ratio * groups[1]["lr"])
 
 
 def test_a_resumed_muon_run_ends_where_an_uninterrupted_one_does(prepared, tmp_path) -> None:

@@ -109,6 +109,12 @@ def preset(name: str) -> dict[str, Any]:
     return dict(PRESETS[name])
 
 
+# AdamW's peak rate when --lr is not given. Under Muon, AdamW trains only the embedding (also
+# the output head) and the norm gains, which learn best at 3x the rate that suits AdamW alone
+# (0.027 bits per byte at 2 M tokens: benchmarks/README.md, "Quality per training token").
+DEFAULT_LR = {"adamw": 2e-3, "muon": 6e-3}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The training recipe. Saved with the run as `train_config.json`."""
@@ -116,9 +122,12 @@ class TrainConfig:
     batch_size: int = 16
     tokens_per_step: int = 0  # 0: one batch per optimizer step; more: gradient accumulation
     optimizer: Literal["adamw", "muon"] = "muon"  # 0.023 bits/byte better: benchmarks/README
-    lr: float = 2e-3
+    lr: float = 0.0  # AdamW's peak rate; 0: DEFAULT_LR for the optimizer
     muon_lr: float = 0.02  # with --optimizer muon: the hidden matrices' peak rate
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio, not to zero
+    # Warmup-stable-decay to zero: 0.037 bits/byte better than a cosine to a tenth at 2 M
+    # tokens, while a cosine to zero was 0.020 worse (benchmarks/README.md).
+    lr_schedule: Literal["cosine", "wsd"] = "wsd"
+    min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -159,7 +168,9 @@ class TrainConfig:
         for name in nonnegative:
             if getattr(self, name) < 0:
                 raise _usage_error(f"--{_flag(name)} must not be negative")
-        if self.lr <= 0:
+        if self.lr == 0:  # resolved here, so train_config.json records the rate used
+            object.__setattr__(self, "lr", DEFAULT_LR[self.optimizer])
+        if self.lr < 0:
             raise _usage_error(f"--lr must be positive, got {self.lr}")
         if self.muon_lr <= 0:
             raise _usage_error(f"--muon-lr must be positive, got {self.muon_lr}")

@@ -5,7 +5,7 @@
 - `setup`: how a run starts: settings, data, model, for a new run, a fine-tune, a resume.
 - `distributed`: torchrun: the process group, DDP, what the ranks agree on each step.
 - `schedule`: the budget (steps, tokens, time) and the learning rate at each step (warmup,
-  cosine decay), as pure functions.
+  warmup-stable-decay or cosine), as pure functions.
 - `optimizer`: AdamW (or Muon) and its parameter groups, the loss, `torch.compile`.
 - `muon`: `--optimizer muon`: orthogonalized updates for the hidden matrices.
 - `run_folder`: choosing the run folder, recording its data, resume checks, the folder's

@@ -33,7 +33,10 @@ from slm.training.metrics import METRICS_FILE, read_metrics
 # made no difference over 200 steps (2.840 vs 2.841); off, it cannot pull the learned weights
 # towards zero on a longer fine-tune.
 FINETUNE_DEFAULTS: dict[str, Any] = {
-    "optimizer": "adamw",  # what benchmarks/bench_finetune.py measured these defaults with
+    # what benchmarks/bench_finetune.py measured these defaults with
+    "optimizer": "adamw",
+    "lr_schedule": "cosine",
+    "min_lr_ratio": 0.1,
     "lr": 3e-4,
     "warmup_steps": 20,
     "weight_decay": 0.0,

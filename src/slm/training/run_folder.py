@@ -248,7 +248,9 @@ def resumed_train_config(
     resumed run keeps those it began with, so any of them is refused like a changed flag.
     """
     saved = read_json(run_dir / checkpoint.TRAIN_CONFIG_FILE, "train config")
-    saved.setdefault("optimizer", "adamw")  # runs from before the setting trained with AdamW
+    # Runs from before a setting existed trained with what it was then.
+    saved.setdefault("optimizer", "adamw")
+    saved.setdefault("lr_schedule", "cosine")
     changed = {
         k: v
         for k, v in overrides.items()

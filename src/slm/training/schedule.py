@@ -15,23 +15,31 @@ from dataclasses import dataclass
 from slm.config import ModelConfig, TrainConfig
 
 WARMUP_FRACTION = 0.1  # warmup never takes more than this share of the budget
+DECAY_FRACTION = 0.3  # "wsd" decays over this last share of the budget
 
 
 def lr_at(step: int, progress: float, cfg: TrainConfig, warmup_steps: int) -> float:
-    """Learning rate: linear warmup, then cosine from lr down to lr * min_lr_ratio.
+    """Learning rate: linear warmup, then a decay from lr down to lr * min_lr_ratio.
 
-    `progress` in [0, 1] is how much of the budget is spent (steps, tokens or time), so the
-    cosine ends where the budget does whatever kind of budget it is. Warmup ends after
-    `warmup_steps` or a tenth of the budget, whichever comes first: a 1-minute run on a slow
-    machine may only take 100 steps in all.
+    The decay is `cfg.lr_schedule`'s shape: "wsd" (warmup-stable-decay) holds the peak rate
+    and falls in a straight line over the last 30% of the budget; "cosine" falls along a
+    half cosine from the start. `progress` in [0, 1] is how much of the budget is spent
+    (steps, tokens or time), so the decay ends where the budget does whatever kind of budget
+    it is. Warmup ends after `warmup_steps` or a tenth of the budget, whichever comes first:
+    a 1-minute run on a slow machine may only take 100 steps in all.
     """
     floor = cfg.lr * cfg.min_lr_ratio
     progress = min(max(progress, 0.0), 1.0)
-    cosine = floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+    if cfg.lr_schedule == "wsd":
+        # Learning at the peak for longer and annealing at the end both lower the final loss.
+        remaining = min(1.0, (1.0 - progress) / DECAY_FRACTION)
+        decayed = floor + (cfg.lr - floor) * remaining
+    else:
+        decayed = floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
     if not warmup_steps:
-        return cosine
+        return decayed
     warmup = min(1.0, max((step + 1) / warmup_steps, progress / WARMUP_FRACTION))
-    return cosine * warmup
+    return decayed * warmup
 
 
 @dataclass(frozen=True)
