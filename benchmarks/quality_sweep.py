@@ -16,30 +16,123 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 RESULTS = Path(__file__).parent / "results" / "quality-sweep.jsonl"
 
-# Each variant is the settings it changes from the defaults (the CLI's flag names, as
-# `slm.train` keywords); "baseline" is `slm train` as it ships.
+# Each variant is the settings it changes (the CLI's flag names, as `slm.train` keywords).
+# "baseline" is `slm train` as it ships; the others change one thing from the recipe that
+# shipped before warmup-stable-decay (MUON_COSINE), so rows measured then and now compare.
+MUON_COSINE = {
+    "optimizer": "muon",
+    "lr": 2e-3,
+    "lr_schedule": "cosine",
+    "min_lr_ratio": 0.1,
+    "qk_norm": False,
+}
+COMBINED = {**MUON_COSINE, "lr_schedule": "wsd", "min_lr_ratio": 0.0, "lr": 6e-3, "qk_norm": True}
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {},
-    "adamw": {"optimizer": "adamw"},  # the default before Muon
-    "muon": {"optimizer": "muon"},
-    "muon lr 0.04": {"optimizer": "muon", "muon_lr": 0.04},
-    "muon lr 0.01": {"optimizer": "muon", "muon_lr": 0.01},
-    "adamw lr 3e-3": {"optimizer": "adamw", "lr": 3e-3},
-    "adamw lr 1e-3": {"optimizer": "adamw", "lr": 1e-3},
-    "batch 8": {"batch_size": 8},
-    "batch 32": {"batch_size": 32},
-    "no weight decay": {"weight_decay": 0.0},
-    "min lr 0": {"min_lr_ratio": 0.0},
-    "6 layers x 160": {"n_layers": 6, "d_model": 160, "n_heads": 5},
+    "adamw": {**MUON_COSINE, "optimizer": "adamw"},  # the default before Muon
+    "muon": MUON_COSINE,  # the default before warmup-stable-decay
+    "muon lr 0.04": {**MUON_COSINE, "muon_lr": 0.04},
+    "muon lr 0.01": {**MUON_COSINE, "muon_lr": 0.01},
+    "batch 8": {**MUON_COSINE, "batch_size": 8},
+    "batch 32": {**MUON_COSINE, "batch_size": 32},
+    "no weight decay": {**MUON_COSINE, "weight_decay": 0.0},
+    "min lr 0": {**MUON_COSINE, "min_lr_ratio": 0.0},
+    "6 layers x 160": {**MUON_COSINE, "n_layers": 6, "d_model": 160, "n_heads": 5},
+    "3 layers x 224": {**MUON_COSINE, "n_layers": 3, "d_model": 224, "n_heads": 4},
+    "adam lr 6e-3": {**MUON_COSINE, "lr": 6e-3},  # under Muon: only the embedding and gains
+    "warmup 30": {**MUON_COSINE, "warmup_steps": 30},
+    "context 128 x batch 32": {**MUON_COSINE, "context_len": 128, "batch_size": 32},
+    "wsd": {**MUON_COSINE, "lr_schedule": "wsd", "min_lr_ratio": 0.0},
+    "wsd + adam lr 6e-3": {**MUON_COSINE, "lr_schedule": "wsd", "min_lr_ratio": 0.0, "lr": 6e-3},
+    "wsd + adam lr 1e-2": {**MUON_COSINE, "lr_schedule": "wsd", "min_lr_ratio": 0.0, "lr": 1e-2},
+    # Rows of "qk-norm" before 2026-12 came from a patch of apply_rope, the same maths.
+    "qk-norm": {**MUON_COSINE, "qk_norm": True},
+    # Changes with no flag (yet): a patch of slm's code for the run, below.
+    "zero-init projections": {**MUON_COSINE, "_patch": "zero_init"},
+    "relu2 mlp": {**MUON_COSINE, "_patch": "relu2"},
+    "dropout 0.1": {**MUON_COSINE, "_patch": "dropout"},
+    # The three that won, together: `slm train` as it ships since 2026-12.
+    "qk-norm + wsd + adam lr 6e-3": COMBINED,
+    "qk-norm + wsd + adam lr 6e-3 + dropout 0.1": {**COMBINED, "_patch": "dropout"},
+}
+
+
+# Screening patches: each changes one thing in slm for the duration of a run and returns
+# the function that undoes it. A change that wins becomes a setting of slm itself; these
+# keep the ones that lost measurable.
+def _patch_zero_init() -> Callable[[], None]:
+    """Residual projections (attention out, MLP down) start at zero: each block starts as
+    the identity, and Muon's first updates set their scale."""
+    from slm import model
+
+    original = model.GPT.reset_parameters
+
+    def reset(self: Any) -> None:
+        original(self)
+        for name, param in self.named_parameters():
+            if name.endswith(("out.weight", "down.weight")):
+                torch.nn.init.zeros_(param)
+
+    model.GPT.reset_parameters = reset
+    return lambda: setattr(model.GPT, "reset_parameters", original)
+
+
+def _patch_relu2() -> Callable[[], None]:
+    """A plain MLP, down(relu(up(x))^2), as wide as SwiGLU's parameters allow (3/2 d_ff)."""
+    from slm import model
+
+    init, forward = model.SwiGLU.__init__, model.SwiGLU.forward
+
+    def new_init(self: Any, config: Any) -> None:
+        torch.nn.Module.__init__(self)
+        self.d_ff = 3 * config.d_ff // 2
+        self.gate_up = torch.nn.Linear(config.d_model, self.d_ff, bias=False)
+        self.down = torch.nn.Linear(self.d_ff, config.d_model, bias=False)
+
+    def new_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.relu(self.gate_up(x)).square())
+
+    model.SwiGLU.__init__, model.SwiGLU.forward = new_init, new_forward
+
+    def undo() -> None:
+        model.SwiGLU.__init__, model.SwiGLU.forward = init, forward
+
+    return undo
+
+
+def _patch_dropout() -> Callable[[], None]:
+    """Dropout 0.1 on each block's two residual branches while training: against memorizing
+    a corpus that a run passes over several times."""
+    from slm import model
+
+    forward = model.Block.forward
+
+    def new_forward(self: Any, x: torch.Tensor, cos: Any, sin: Any, cache: Any) -> torch.Tensor:
+        drop = torch.nn.functional.dropout
+        x = x + drop(self.attn(self.attn_norm(x), cos, sin, cache), 0.1, self.training)
+        return x + drop(self.mlp(self.mlp_norm(x)), 0.1, self.training)
+
+    model.Block.forward = new_forward
+    return lambda: setattr(model.Block, "forward", forward)
+
+
+PATCHES = {
+    "dropout": _patch_dropout,
+    "zero_init": _patch_zero_init,
+    "relu2": _patch_relu2,
 }
 
 
@@ -49,22 +142,32 @@ def run_one(name: str, seed: int, tokens: int, data: Path, work: Path) -> dict[s
     from slm.evaluate import evaluate_model
 
     run_dir = work / f"{name.replace(' ', '_')}-{seed}"
-    start = time.perf_counter()
-    result = slm.train(
-        [str(data)],
-        out=run_dir,
-        seed=seed,
-        max_tokens=tokens,
-        sample_tokens=0,
-        eval_every=10**9,  # one evaluation, at the end
-        **VARIANTS[name],
-    )
-    wall_s = time.perf_counter() - start
-    val = evaluate_model(run_dir, [], split="val")
+    settings = dict(VARIANTS[name])
+    patch = settings.pop("_patch", None)
+    undo = PATCHES[patch]() if patch else (lambda: None)
+    try:
+        start = time.perf_counter()
+        result = slm.train(
+            [str(data)],
+            out=run_dir,
+            seed=seed,
+            max_tokens=tokens,
+            sample_tokens=0,
+            eval_every=10**9,  # one evaluation, at the end
+            **settings,
+        )
+        wall_s = time.perf_counter() - start
+        val = evaluate_model(run_dir, [], split="val")
+    finally:
+        undo()
     # Training speed as the median of the steps' own rates: a pause (another job, a stopped
     # process) stretches a few steps and the wall time, not the median.
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [r["tokens_per_s"] for r in records if "train_loss" in r and "tokens_per_s" in r]
+    # The last steps' training loss in bits per byte, beside the validation figure: the gap
+    # between them is how much a run over several epochs has begun to memorize.
+    losses = [r["train_loss"] for r in records if "train_loss" in r][-50:]
+    bytes_per_token = val.bytes / val.tokens  # the held-out rate stands in for the training one
     return {
         "variant": name,
         "settings": VARIANTS[name],
@@ -72,6 +175,7 @@ def run_one(name: str, seed: int, tokens: int, data: Path, work: Path) -> dict[s
         "tokens": result.tokens,
         "steps": result.step,
         "bpb": val.bpb,
+        "train_bpb_tail": round(statistics.mean(losses) / math.log(2) / bytes_per_token, 4),
         "wall_s": round(wall_s, 1),
         "tokens_per_s": round(statistics.median(rates)),
         "processor": machine_info()["processor"],
@@ -80,20 +184,29 @@ def run_one(name: str, seed: int, tokens: int, data: Path, work: Path) -> dict[s
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    by_variant: dict[str, list[dict[str, Any]]] = {}
+    """Mean and spread of bits per byte per change and token budget, over its seeds.
+
+    A figure at a fixed token count does not depend on the processor (fp32 on both), so
+    seeds run on different machines pool; tokens/s does, so it is given per processor.
+    """
+    by_variant: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        by_variant.setdefault(f"{row['variant']} @ {row['tokens'] / 1e6:.1f}M", []).append(row)
+        by_variant.setdefault((row["variant"], f"{row['tokens'] / 1e6:.1f}"), []).append(row)
     lines = [
-        "| change | tokens | seeds | val bpb (mean) | spread | tokens/s (median) |",
+        "| change | tokens | seeds | val bpb (mean) | spread | tokens/s (median, processor) |",
         "|---|---|---|---|---|---|",
     ]
     for runs in by_variant.values():
         bpbs = [r["bpb"] for r in runs]
-        rates = [r["tokens_per_s"] for r in runs if r.get("tokens_per_s")] or [float("nan")]
+        rates: dict[str, list[float]] = {}
+        for r in runs:
+            if r.get("tokens_per_s"):
+                rates.setdefault(r.get("processor", "?"), []).append(r["tokens_per_s"])
+        speed = "; ".join(f"{statistics.median(v):,.0f} ({k})" for k, v in rates.items())
+        seeds = ", ".join(str(r["seed"]) for r in runs)
         lines.append(
-            f"| {runs[0]['variant']} | {runs[0]['tokens'] / 1e6:.1f} M | {len(runs)} "
-            f"| {statistics.mean(bpbs):.4f} | {max(bpbs) - min(bpbs):.4f} "
-            f"| {statistics.median(rates):,.0f} |"
+            f"| {runs[0]['variant']} | {runs[0]['tokens'] / 1e6:.1f} M | {seeds} "
+            f"| {statistics.mean(bpbs):.4f} | {max(bpbs) - min(bpbs):.4f} | {speed} |"
         )
     return "\n".join(lines) + "\n"
 
