@@ -34,25 +34,30 @@ def _byte_level_tokenizer(specials: list[str], pre_tokenizer=None):
     return hf
 
 
+# The shape of the random models below: grouped-query heads, tied embeddings, Llama's
+# `<s>` (0) and `</s>` (1) as specials.
+SMALL_SHAPE = dict(
+    vocab_size=320,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+    bos_token_id=0,
+    eos_token_id=1,
+)
+
+
 @pytest.fixture(scope="module")
 def hf_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random LlamaForCausalLM (grouped-query heads) saved by transformers, with a
     byte-level BPE tokenizer whose specials are Llama's `<s>` and `</s>`, not slm's."""
     folder = tmp_path_factory.mktemp("hf_llama")
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=320,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-        bos_token_id=0,
-        eos_token_id=1,
-    )
+    config = transformers.LlamaConfig(**SMALL_SHAPE)
     model = transformers.LlamaForCausalLM(config).eval()
     model.save_pretrained(folder)
     _byte_level_tokenizer(["<s>", "</s>"]).save(str(folder / "tokenizer.json"))
@@ -80,20 +85,7 @@ def test_an_hf_llama_folder_loads_with_transformers_logits(hf_llama_dir: Path):
 def _qwen3_dir(folder: Path, gain: float) -> Path:
     """A random Qwen3ForCausalLM (a Llama with QK-norm), its query/key norm gains at `gain`."""
     torch.manual_seed(0)
-    config = transformers.Qwen3Config(
-        vocab_size=320,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=64,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-        bos_token_id=0,
-        eos_token_id=1,
-    )
+    config = transformers.Qwen3Config(**SMALL_SHAPE, head_dim=16)
     model = transformers.Qwen3ForCausalLM(config).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():

@@ -41,7 +41,7 @@ class ModelConfig:
     d_ff: int = 0  # 0 means "about 8/3 * d_model, rounded up to a multiple of 64" (SwiGLU)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
-    # Queries and keys at unit RMS per head: 0.07 bits/byte at 2 M tokens (benchmarks/README.md).
+    # Queries and keys at unit RMS per head: 0.06-0.07 bits/byte at 2 M tokens (benchmarks).
     qk_norm: bool = True
 
     def __post_init__(self) -> None:
@@ -111,7 +111,7 @@ def preset(name: str) -> dict[str, Any]:
 
 # AdamW's peak rate when --lr is not given. Under Muon, AdamW trains only the embedding (also
 # the output head) and the norm gains, which learn best at 3x the rate that suits AdamW alone
-# (0.027 bits per byte at 2 M tokens: benchmarks/README.md, "Quality per training token").
+# (0.016-0.027 bits per byte at 2 M tokens: benchmarks/README.md, "Quality per training token").
 DEFAULT_LR = {"adamw": 2e-3, "muon": 6e-3}
 
 
@@ -124,7 +124,7 @@ class TrainConfig:
     optimizer: Literal["adamw", "muon"] = "muon"  # 0.023 bits/byte better: benchmarks/README
     lr: float = 0.0  # AdamW's peak rate; 0: DEFAULT_LR for the optimizer
     muon_lr: float = 0.02  # with --optimizer muon: the hidden matrices' peak rate
-    # Warmup-stable-decay to zero: 0.037 bits/byte better than a cosine to a tenth at 2 M
+    # Warmup-stable-decay to zero: 0.031-0.037 bits/byte better than a cosine to a tenth at 2 M
     # tokens, while a cosine to zero was 0.020 worse (benchmarks/README.md).
     lr_schedule: Literal["cosine", "wsd"] = "wsd"
     min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio
