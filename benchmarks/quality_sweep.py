@@ -184,14 +184,16 @@ def run_one(name: str, seed: int, tokens: int, data: Path, work: Path) -> dict[s
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """Mean and spread of bits per byte per change and token budget, over its seeds.
+    """Mean and spread of bits per byte per change, token budget and processor, over seeds.
 
-    A figure at a fixed token count does not depend on the processor (fp32 on both), so
-    seeds run on different machines pool; tokens/s does, so it is given per processor.
+    Seeds do not pool across processors: the same recipe and seed can come out apart on
+    two machines (Muon at 5 M tokens, seed 1: 1.915 and 1.885), since rounding differs and a
+    run amplifies it like a change of seed; a change is compared on the machine it ran on.
     """
-    by_variant: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    by_variant: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        by_variant.setdefault((row["variant"], f"{row['tokens'] / 1e6:.1f}"), []).append(row)
+        key = (row["variant"], f"{row['tokens'] / 1e6:.1f}", row.get("processor", "?"))
+        by_variant.setdefault(key, []).append(row)
     lines = [
         "| change | tokens | seeds | val bpb (mean) | spread | tokens/s (median, processor) |",
         "|---|---|---|---|---|---|",
