@@ -108,8 +108,9 @@ class Attention(nn.Module):
     With n_kv_heads < n_heads, groups of query heads share one key/value head: a smaller
     KV cache for the same number of query heads. With `qk_norm`, each head's query and key
     are scaled to unit RMS (no gain) before they meet, so a score q·k/sqrt(head_dim) lies
-    within ±sqrt(head_dim) however large the projection weights grow: no head's softmax can
-    saturate on one key early in training, which with Muon's fast updates otherwise happens.
+    within ±sqrt(head_dim) however large the projection weights grow, and no head's softmax
+    saturates on one key. It is the largest single gain measured for this model (0.06-0.07
+    bits per byte at 2 M tokens, benchmarks/README.md).
     """
 
     def __init__(self, config: ModelConfig, layer: int):
