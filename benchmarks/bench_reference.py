@@ -1,23 +1,35 @@
-"""Training speed beside a GPT-2-style reference model: `python benchmarks/bench_reference.py`.
+"""Training speed beside other GPT training code: `python benchmarks/bench_reference.py`.
 
-slm's seed-2.5m (RMSNorm, rotary positions, SwiGLU, tied head) against the architecture
-most small-GPT training scripts use (LayerNorm with biases, learned positions, a 4x GELU
-MLP, tied head), written out below at the same shape: width 192, 4 layers, 3 heads,
-context 256, vocabulary 4096, the same MLP weight count (SwiGLU 3 x 192 x 512, GELU
-2 x 192 x 768). Both train the same way: the loss compiled with `torch.compile`, fused
-AdamW, batch 16, float32, on every core; the figure is tokens/s over interleaved rounds
-(median, and the spread max/min - 1), so both see the same neighbours' load, and their ratio.
+slm's seed-2.5m (RMSNorm, rotary positions, SwiGLU, QK-norm, tied head) against the
+architecture most small-GPT training scripts use (LayerNorm, learned positions, a 4x GELU
+MLP, tied head) at the same shape: width 192, 4 layers, 3 heads, context 256, vocabulary
+4096, the same MLP weight count (SwiGLU 3 x 192 x 512, GELU 2 x 192 x 768). Rows:
 
-This measures the models' step, not a whole training script: data loading, evaluation and
-checkpoints are left out of both.
+- "slm train's step": what `slm train` runs, Muon and all (`make_optimizer`, the compiled
+  `make_loss_fn`, gradient clipping);
+- "slm model, AdamW step" and "GPT-2-style reference" (written out below): the same
+  harness for both models, a compiled loss and fused AdamW, so the ratio is the models';
+- with `--nanogpt DIR` (a checkout of nanoGPT; its model.py is imported from there, not
+  shipped here): nanoGPT's GPT with its own train.py step (`torch.compile(model)`, its
+  `configure_optimizers` AdamW, gradient clipping at 1.0), bias off as its train.py sets.
+
+Batch 16, every core, in float32 and (`--dtype`) bfloat16 autocast; tokens/s over
+interleaved rounds (median, and the spread max/min - 1), so all rows see the same
+neighbours' load, and round-by-round ratios against the last row. This measures the
+step, not a whole script: data loading, evaluation and checkpoints are left out of all.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import io
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +37,10 @@ from torch import nn
 
 from slm.bench.measure import summarize
 from slm.bench.suite import machine_info
-from slm.config import PRESETS, ModelConfig
-from slm.device import set_threads
+from slm.config import PRESETS, ModelConfig, TrainConfig
+from slm.device import cpu_bf16_speedup, set_threads
 from slm.model import GPT
+from slm.training.optimizer import make_loss_fn, make_optimizer
 
 
 class ReferenceBlock(nn.Module):
@@ -65,7 +78,7 @@ class ReferenceGPT(nn.Module):
         return self.ln(x) @ self.tok.weight.T
 
 
-def train_step(model: nn.Module) -> tuple:
+def adamw_step(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """A compiled loss and fused AdamW: one call is one optimizer step on a fresh batch."""
     loss_fn = torch.compile(lambda x, y: F.cross_entropy(model(x).flatten(0, 1), y.flatten()))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
@@ -78,48 +91,147 @@ def train_step(model: nn.Module) -> tuple:
     return step
 
 
+def slm_train_step(model: GPT, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """The step `slm train` takes with its default recipe (autocast inside the loss)."""
+    cfg = TrainConfig()
+    cpu = torch.device("cpu")
+    optimizer = make_optimizer(model, cfg, cpu)
+    loss_fn = make_loss_fn(model, cpu, dtype, compile_it=True, log=print)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        loss_fn(x, y).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def nanogpt_step(folder: Path, dtype: torch.dtype) -> tuple[nn.Module, Callable]:
+    """nanoGPT's model from a checkout, stepped the way its train.py steps it."""
+    spec = importlib.util.spec_from_file_location("nanogpt_model", folder / "model.py")
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"no model.py in {folder}")
+    module = importlib.util.module_from_spec(spec)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its parameter count
+        spec.loader.exec_module(module)
+        shape = PRESETS["seed-2.5m"]
+        config = module.GPTConfig(
+            block_size=shape["context_len"],
+            vocab_size=shape["vocab_size"],
+            n_layer=shape["n_layers"],
+            n_head=shape["n_heads"],
+            n_embd=shape["d_model"],
+            dropout=0.0,
+            bias=False,
+        )
+        model = module.GPT(config)
+        optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    compiled = torch.compile(model)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        with _autocast(dtype):
+            _, loss = compiled(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return model, step
+
+
+def _autocast(dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=dtype)
+
+
+def in_dtype(step: Callable, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """A step under autocast (for the harness whose loss does not set it itself)."""
+
+    def wrapped(x: torch.Tensor, y: torch.Tensor) -> None:
+        with _autocast(dtype):
+            step(x, y)
+
+    return wrapped
+
+
+def build(dtype: torch.dtype, nanogpt: Path | None) -> dict[str, tuple[nn.Module, Callable]]:
+    shape = PRESETS["seed-2.5m"]
+    torch.manual_seed(0)
+    ours, ours_adamw = GPT(ModelConfig(**shape)), GPT(ModelConfig(**shape))
+    reference = ReferenceGPT(
+        shape["vocab_size"],
+        shape["context_len"],
+        shape["d_model"],
+        shape["n_layers"],
+        shape["n_heads"],
+    )
+    rows = {
+        "slm train's step (Muon)": (ours, slm_train_step(ours, dtype)),
+        "slm model, AdamW step": (ours_adamw, in_dtype(adamw_step(ours_adamw), dtype)),
+        "GPT-2-style reference, AdamW step": (reference, in_dtype(adamw_step(reference), dtype)),
+    }
+    if nanogpt is not None:
+        rows["nanoGPT, its train.py step"] = nanogpt_step(nanogpt, dtype)
+    return rows
+
+
+def measure(dtype: torch.dtype, nanogpt: Path | None, rounds: int, steps: int) -> str:
+    """Interleaved rounds of every row in one precision; a markdown table with ratios."""
+    rows = build(dtype, nanogpt)
+    shape = PRESETS["seed-2.5m"]
+    batch, context = 16, shape["context_len"]
+    data = torch.randint(0, shape["vocab_size"], (batch, context + 1))
+    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+    for _, step in rows.values():  # compile, then a few steps to settle
+        for _ in range(3):
+            step(x, y)
+    speeds: dict[str, list[float]] = {name: [] for name in rows}
+    for _ in range(rounds):
+        for name, (_, step) in rows.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                step(x, y)
+            speeds[name].append(steps * batch * context / (time.perf_counter() - start))
+    last = list(speeds)[-1]
+    lines = [
+        f"{str(dtype).removeprefix('torch.')}, batch {batch} x {context}",
+        "",
+        f"| step | parameters | tokens/s (spread) | / {last} (rounds) |",
+        "|---|---|---|---|",
+    ]
+    for name, values in speeds.items():
+        s = summarize(values)
+        ratios = [a / b for a, b in zip(values, speeds[last], strict=True)]
+        params = sum(p.numel() for p in rows[name][0].parameters())
+        lines.append(
+            f"| {name} | {params / 1e6:.2f} M | {s['median']:,.0f} ({s['spread']:.0%}) "
+            f"| {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps a round")
+    parser.add_argument("--nanogpt", type=Path, help="a nanoGPT checkout (its model.py)")
+    parser.add_argument(
+        "--dtype",
+        nargs="+",
+        choices=["float32", "bfloat16"],
+        default=["float32"],
+        help="precisions to measure (bf16 is autocast, as `slm train --dtype bfloat16`)",
+    )
     args = parser.parse_args()
     set_threads(0)
-    shape = PRESETS["seed-2.5m"]
-    batch, context = 16, shape["context_len"]
-    torch.manual_seed(0)
-    models = {
-        "slm seed-2.5m": GPT(ModelConfig(**shape)),
-        "GPT-2-style reference": ReferenceGPT(
-            shape["vocab_size"], context, shape["d_model"], shape["n_layers"], shape["n_heads"]
-        ),
-    }
-    steps = {name: train_step(model) for name, model in models.items()}
-    data = torch.randint(0, shape["vocab_size"], (batch, context + 1))
-    x, y = data[:, :-1], data[:, 1:]
-    for step in steps.values():  # compile, then a few steps to settle
-        for _ in range(3):
-            step(x, y)
-    speeds: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                step(x, y)
-            speeds[name].append(args.steps * batch * context / (time.perf_counter() - start))
-    params = {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}
     processor, threads = machine_info()["processor"], torch.get_num_threads()
-    print(f"{processor}, {threads} threads, float32, batch {batch} x {context}")
-    print("| model | parameters | tokens/s (spread) |")
-    print("|---|---|---|")
-    for name, values in speeds.items():
-        s = summarize(values)
-        print(f"| {name} | {params[name] / 1e6:.2f} M | {s['median']:,.0f} ({s['spread']:.0%}) |")
-    ours, reference = speeds.values()
-    ratios = [a / b for a, b in zip(ours, reference, strict=True)]
-    print(
-        f"\nslm / reference, round by round: {statistics.median(ratios):.2f}x "
-        f"({min(ratios):.2f}-{max(ratios):.2f}x)"
-    )
+    speedup = cpu_bf16_speedup()
+    print(f"{processor}, {threads} threads, {time.strftime('%Y-%m-%d')}")
+    print(f"bf16 matmul {speedup:.2f}x fp32 here (`--dtype auto` picks bf16 from 1.3x)\n")
+    for name in args.dtype:
+        print(measure(getattr(torch, name), args.nanogpt, args.rounds, args.steps))
     return 0
 
 
