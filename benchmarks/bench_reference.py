@@ -25,22 +25,21 @@ import argparse
 import contextlib
 import importlib.util
 import io
-import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slm.bench.measure import summarize
-from slm.bench.suite import machine_info
+from slm.bench.measure import interleaved_rates, ratio_summary, summarize
+from slm.bench.suite import machine_info, train_step
 from slm.config import PRESETS, ModelConfig, TrainConfig
 from slm.device import cpu_bf16_speedup, set_threads
 from slm.model import GPT
-from slm.training.optimizer import make_loss_fn, make_optimizer
 
 
 class ReferenceBlock(nn.Module):
@@ -85,22 +84,6 @@ def adamw_step(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], None]
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         loss_fn(x, y).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def slm_train_step(model: GPT, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """The step `slm train` takes with its default recipe (autocast inside the loss)."""
-    cfg = TrainConfig()
-    cpu = torch.device("cpu")
-    optimizer = make_optimizer(model, cfg, cpu)
-    loss_fn = make_loss_fn(model, cpu, dtype, compile_it=True, log=print)
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        loss_fn(x, y).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -168,7 +151,7 @@ def build(dtype: torch.dtype, nanogpt: Path | None) -> dict[str, tuple[nn.Module
         shape["n_heads"],
     )
     rows = {
-        "slm train's step (Muon)": (ours, slm_train_step(ours, dtype)),
+        "slm train's step (Muon)": (ours, train_step(ours, TrainConfig(), dtype, True)),
         "slm model, AdamW step": (ours_adamw, in_dtype(adamw_step(ours_adamw), dtype)),
         "GPT-2-style reference, AdamW step": (reference, in_dtype(adamw_step(reference), dtype)),
     }
@@ -187,13 +170,10 @@ def measure(dtype: torch.dtype, nanogpt: Path | None, rounds: int, steps: int) -
     for _, step in rows.values():  # compile, then a few steps to settle
         for _ in range(3):
             step(x, y)
-    speeds: dict[str, list[float]] = {name: [] for name in rows}
-    for _ in range(rounds):
-        for name, (_, step) in rows.items():
-            start = time.perf_counter()
-            for _ in range(steps):
-                step(x, y)
-            speeds[name].append(steps * batch * context / (time.perf_counter() - start))
+    tokens = batch * context
+    speeds = interleaved_rates(
+        {name: (partial(step, x, y), tokens) for name, (_, step) in rows.items()}, rounds, steps
+    )
     last = list(speeds)[-1]
     lines = [
         f"{str(dtype).removeprefix('torch.')}, batch {batch} x {context}",
@@ -203,11 +183,10 @@ def measure(dtype: torch.dtype, nanogpt: Path | None, rounds: int, steps: int) -
     ]
     for name, values in speeds.items():
         s = summarize(values)
-        ratios = [a / b for a, b in zip(values, speeds[last], strict=True)]
         params = sum(p.numel() for p in rows[name][0].parameters())
         lines.append(
             f"| {name} | {params / 1e6:.2f} M | {s['median']:,.0f} ({s['spread']:.0%}) "
-            f"| {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |"
+            f"| {ratio_summary(values, speeds[last])} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -239,15 +240,14 @@ def speed(names: list[str], rounds: int = 5, steps: int = 4) -> str:
     one at a fixed time: tokens/s, and the ratio to the first variant round by round.
     Patched variants are left out (a patch changes slm's classes for the whole process).
     """
-    from slm.bench.measure import summarize
+    from slm.bench.measure import interleaved_rates, ratio_summary, summarize
+    from slm.bench.suite import train_step
     from slm.config import PRESETS, ModelConfig, TrainConfig, split_settings
     from slm.model import GPT
-    from slm.training.optimizer import make_loss_fn, make_optimizer
 
     # Each variant keeps its own static-shape kernels, as in a run of its own: without
     # this, the second shape of the same loss function recompiles it for any shape.
     torch._dynamo.config.automatic_dynamic_shapes = False
-    cpu = torch.device("cpu")
     runs: dict[str, tuple[Callable[[], None], int]] = {}
     for name in names:
         settings = dict(VARIANTS[name])
@@ -257,40 +257,25 @@ def speed(names: list[str], rounds: int = 5, steps: int = 4) -> str:
         model_cfg = ModelConfig(**{**PRESETS["seed-2.5m"], **model_settings})
         cfg = TrainConfig(**train_settings)
         torch.manual_seed(0)
-        model = GPT(model_cfg)
-        optimizer = make_optimizer(model, cfg, cpu)
-        loss_fn = make_loss_fn(model, cpu, torch.float32, compile_it=True, log=print)
+        step = train_step(GPT(model_cfg), cfg, torch.float32, compile_it=True)
         data = torch.randint(0, model_cfg.vocab_size, (cfg.batch_size, model_cfg.context_len + 1))
-        x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
-
-        def step(model=model, opt=optimizer, loss_fn=loss_fn, x=x, y=y, clip=cfg.grad_clip):
-            loss_fn(x, y).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        runs[name] = (step, cfg.batch_size * model_cfg.context_len)
+        runs[name] = (
+            partial(step, data[:, :-1].contiguous(), data[:, 1:].contiguous()),
+            cfg.batch_size * model_cfg.context_len,
+        )
         for _ in range(3):  # compile and settle
-            step()
-    rates: dict[str, list[float]] = {name: [] for name in runs}
-    for round_ in range(rounds + 1):  # the first round is not counted: it settles caches
-        for name, (step, tokens) in runs.items():
-            start = time.perf_counter()
-            for _ in range(steps):
-                step()
-            if round_:
-                rates[name].append(steps * tokens / (time.perf_counter() - start))
+            runs[name][0]()
+    rates = interleaved_rates(runs, rounds, steps)
     first = rates[names[0]]
     lines = [
         f"| change | tokens/s (spread) | / {names[0]} (rounds) |",
         "|---|---|---|",
     ]
     for name, values in rates.items():
-        ratios = [a / b for a, b in zip(values, first, strict=True)]
         summary = summarize(values)
         lines.append(
             f"| {name} | {summary['median']:,.0f} ({summary['spread']:.0%}) "
-            f"| {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |"
+            f"| {ratio_summary(values, first)} |"
         )
     return "\n".join(lines) + "\n"
 

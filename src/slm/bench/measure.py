@@ -8,6 +8,8 @@ from __future__ import annotations
 import resource
 import statistics
 import sys
+import time
+from collections.abc import Callable
 
 
 def summarize(values: list[float]) -> dict[str, float]:
@@ -17,6 +19,32 @@ def summarize(values: list[float]) -> dict[str, float]:
         "spread": max(values) / min(values) - 1,
         "repeats": len(values),
     }
+
+
+def interleaved_rates(
+    steps: dict[str, tuple[Callable[[], None], int]], rounds: int, per_round: int
+) -> dict[str, list[float]]:
+    """Tokens/s of each (step, tokens a step) over rounds in which they take turns.
+
+    Interleaving lets every step see the same neighbours' load, so ratios between them hold
+    on a shared machine where absolute rates drift. The first round is not counted: it
+    settles caches (and any compilation a step still does on its second call).
+    """
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for round_ in range(rounds + 1):
+        for name, (step, tokens) in steps.items():
+            start = time.perf_counter()
+            for _ in range(per_round):
+                step()
+            if round_:
+                rates[name].append(per_round * tokens / (time.perf_counter() - start))
+    return rates
+
+
+def ratio_summary(values: list[float], baseline: list[float]) -> str:
+    """The round-by-round ratio of two interleaved rates: "1.12x (1.01-1.30)"."""
+    ratios = [a / b for a, b in zip(values, baseline, strict=True)]
+    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def peak_rss_mb() -> float:

@@ -114,6 +114,28 @@ def flops_per_token(n_params: int, n_layers: int, d_model: int, context_len: int
     return 6 * n_params + 12 * n_layers * d_model * context_len
 
 
+def train_step(model: Any, cfg: Any, dtype: Any, compile_it: bool) -> Callable[[Any, Any], Any]:
+    """(x, y) -> loss: one optimizer step as `slm train` takes it (its optimizer, its loss
+    under autocast, compiled or not, gradient clipping), without accumulation."""
+    import torch
+
+    from slm.training.optimizer import make_loss_fn, make_optimizer
+
+    device = torch.device("cpu")
+    optimizer = make_optimizer(model, cfg, device)
+    loss_fn = make_loss_fn(model, device, dtype, compile_it, log=lambda _m: None)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = loss_fn(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
 def train_throughput(
     preset_name: str = "seed-2.5m",
     batch_size: int = 16,
@@ -134,29 +156,19 @@ def train_throughput(
     from slm.data.prepared import BatchSampler
     from slm.device import set_threads
     from slm.model import GPT, count_parameters
-    from slm.training.optimizer import make_loss_fn, make_optimizer
 
     set_threads()
     torch.manual_seed(0)
     cfg = ModelConfig(**{**preset(preset_name), "context_len": context_len})
     model = GPT(cfg).train()
-    device = torch.device("cpu")
-    dtype = getattr(torch, dtype_name)
-    optimizer = make_optimizer(model, TrainConfig(), device)
-    loss_fn = make_loss_fn(model, device, dtype, compile_it, log=lambda _m: None)
+    step = train_step(model, TrainConfig(), getattr(torch, dtype_name), compile_it)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, 2_000_000).astype(np.uint16)
     sampler = BatchSampler(tokens, batch_size, cfg.context_len, seed=0)
     times, losses = [], []
     compile_start = time.perf_counter()
     for i in range(warmup + steps):
         start = time.perf_counter()
-        x, y = sampler.next_batch()
-        loss = loss_fn(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(step(*sampler.next_batch()).item())
         if i == warmup - 1:
             warmup_s = time.perf_counter() - compile_start
         if i >= warmup:
