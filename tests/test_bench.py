@@ -108,3 +108,16 @@ def test_slm_bench_quick_runs_end_to_end_and_writes_its_results(tmp_path, capsys
         assert results["serve"]["rows"]
     rows = [*results["generate"]["rows"], *results.get("serve", {}).get("rows", [])]
     assert all(row["what"] in table for row in rows)
+
+
+def test_interleaved_rounds_take_turns_and_skip_the_settling_round() -> None:
+    from slm.bench.measure import interleaved_rates, ratio_summary
+
+    calls: list[str] = []
+    steps = {name: (lambda name=name: calls.append(name), 100) for name in ("a", "b")}
+    rates = interleaved_rates(steps, rounds=3, per_round=2)
+    # Four rounds (one uncounted), each running a's two steps then b's two.
+    assert calls == ["a", "a", "b", "b"] * 4
+    assert [len(v) for v in rates.values()] == [3, 3]
+    assert all(r > 0 for v in rates.values() for r in v)
+    assert ratio_summary([2.0, 3.0, 4.0], [1.0, 2.0, 1.0]) == "2.00x (1.50-4.00)"
