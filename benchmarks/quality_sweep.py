@@ -77,6 +77,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default + decay over 50%": {**COMBINED, "_patch": "decay_half"},
     "default + untied head": {**COMBINED, "_patch": "untied"},
     "default + weight decay 0.3": {**COMBINED, "weight_decay": 0.3},
+    "default + muon momentum 0.9": {**COMBINED, "_patch": "momentum_09"},
 }
 
 
@@ -177,7 +178,21 @@ def _patch_untied() -> Callable[[], None]:
     return undo
 
 
+def _patch_momentum_09() -> Callable[[], None]:
+    """Muon's momentum at 0.9 instead of 0.95: a shorter memory of past gradients."""
+    from slm.training import muon
+
+    init = muon.Muon.__init__
+
+    def new_init(self: Any, groups: Any, lr: float, **kwargs: Any) -> None:
+        init(self, groups, lr, **{**kwargs, "momentum": 0.9})
+
+    muon.Muon.__init__ = new_init
+    return lambda: setattr(muon.Muon, "__init__", init)
+
+
 PATCHES = {
+    "momentum_09": _patch_momentum_09,
     "decay_half": _patch_decay_half,
     "untied": _patch_untied,
     "dropout": _patch_dropout,
