@@ -66,7 +66,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "zero-init projections": {**MUON_COSINE, "_patch": "zero_init"},
     "relu2 mlp": {**MUON_COSINE, "_patch": "relu2"},
     "dropout 0.1": {**MUON_COSINE, "_patch": "dropout"},
-    # The three that won, together: `slm train` as it ships since 2026-12.
+    # The three that won, together: `slm train` as it ships since 2026-12. Its rows before
+    # 2026-12-07 drew window starts at random; since, the sampler goes in epochs.
     "qk-norm + wsd + adam lr 6e-3": COMBINED,
     "qk-norm + wsd + adam lr 6e-3 + dropout 0.1": {**COMBINED, "_patch": "dropout"},
     # One change at a time on top of the shipping default (2026-12-06).
@@ -78,6 +79,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default + untied head": {**COMBINED, "_patch": "untied"},
     "default + weight decay 0.3": {**COMBINED, "weight_decay": 0.3},
     "default + muon momentum 0.9": {**COMBINED, "_patch": "momentum_09"},
+    # Epochs became the sampler's way on 2026-12-07 (the rows before came from a patch that
+    # drew the same windows); "random starts" is the sampler before, for the record.
+    "default + epoch shuffle": COMBINED,
+    "default + random starts": {**COMBINED, "_patch": "random_starts"},
+    # On top of the default with epochs (2026-12-07).
+    "epochs + zero-init projections": {**COMBINED, "_patch": "zero_init"},
 }
 
 
@@ -191,7 +198,28 @@ def _patch_momentum_09() -> Callable[[], None]:
     return lambda: setattr(muon.Muon, "__init__", init)
 
 
+def _patch_random_starts() -> Callable[[], None]:
+    """Every window start drawn at random, with replacement: the sampler before epochs."""
+    import numpy as np
+
+    from slm.data import prepared
+
+    next_batch = prepared.BatchSampler.next_batch
+
+    def new_next_batch(self: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        high = len(self.tokens) - self.context_len
+        every = torch.randint(high, (self.batch_size * self.world_size,), generator=self.generator)
+        starts = every[self.rank * self.batch_size : (self.rank + 1) * self.batch_size].tolist()
+        windows = np.stack([self.tokens[s : s + self.context_len + 1] for s in starts])
+        block = torch.from_numpy(windows.astype(np.int64))
+        return block[:, :-1].contiguous(), block[:, 1:].contiguous()
+
+    prepared.BatchSampler.next_batch = new_next_batch
+    return lambda: setattr(prepared.BatchSampler, "next_batch", next_batch)
+
+
 PATCHES = {
+    "random_starts": _patch_random_starts,
     "momentum_09": _patch_momentum_09,
     "decay_half": _patch_decay_half,
     "untied": _patch_untied,

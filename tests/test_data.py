@@ -91,6 +91,46 @@ def test_every_start_is_reachable_and_no_window_runs_off_the_end() -> None:
     assert starts == {0, 1, 2}  # 20 tokens hold windows of 18 at starts 0..2
 
 
+def test_an_epoch_trains_on_every_token_once() -> None:
+    tokens = np.arange(1000, dtype=np.uint16)
+    sampler = BatchSampler(tokens, batch_size=5, context_len=16, seed=3)
+    count = len(sampler.starts)
+    epoch_state = sampler.epoch_state
+    rows = []
+    while len(rows) < count:
+        rows += sampler.next_batch()[0][:, 0].tolist()
+    first = sorted(rows[:count])
+    offset = first[0]
+    assert offset < 16 and first == [offset + 16 * i for i in range(count)]
+    assert offset + 16 * count + 1 > 1000 - 16  # no room left for one more window
+    assert not torch.equal(sampler.epoch_state, epoch_state)  # the batch ran into epoch two
+
+
+def test_epochs_differ_in_order_and_offset() -> None:
+    tokens = np.arange(5000, dtype=np.uint16)
+    sampler = BatchSampler(tokens, batch_size=1, context_len=32, seed=0)
+    epochs = []
+    for _ in range(4):
+        epochs.append((int(sampler.starts.min()), sampler.starts.tolist()))
+        sampler.position = len(sampler.starts)
+        sampler.next_batch()
+    assert len({offset for offset, _ in epochs}) > 1
+    assert len({tuple(order) for _, order in epochs}) == 4
+
+
+def test_sampler_resumes_across_epochs(tmp_path: Path) -> None:
+    tokens = np.arange(100, dtype=np.uint16)  # 12 windows of 8: an epoch every ~2 batches
+    sampler = BatchSampler(tokens, batch_size=5, context_len=8, seed=7)
+    sampler.next_batch()
+    sampler.next_batch()
+    torch.save(sampler.state_dict(), tmp_path / "state.pt")
+    expected = [sampler.next_batch() for _ in range(10)]
+    resumed = BatchSampler(tokens, batch_size=5, context_len=8, seed=0)
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    for (x, y), (ex, ey) in zip([resumed.next_batch() for _ in range(10)], expected, strict=True):
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+
+
 def test_sampler_state_resumes_the_exact_sequence(tmp_path: Path) -> None:
     tokens = np.arange(5000, dtype=np.uint16)
     sampler = BatchSampler(tokens, batch_size=4, context_len=8, seed=42)
