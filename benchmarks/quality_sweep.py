@@ -85,6 +85,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default + random starts": {**COMBINED, "_patch": "random_starts"},
     # On top of the default with epochs (2026-12-07).
     "epochs + zero-init projections": {**COMBINED, "_patch": "zero_init"},
+    "epochs + 6 heads of 32": {**COMBINED, "n_heads": 6},
+    # The 1 - sqrt decay became the default on 2026-12-07 (its rows came from a patch of the
+    # same maths); "linear decay" is the straight line before.
+    "epochs + 1-sqrt decay": COMBINED,
+    "epochs + linear decay": {**COMBINED, "_patch": "linear_decay"},
 }
 
 
@@ -218,7 +223,24 @@ def _patch_random_starts() -> Callable[[], None]:
     return lambda: setattr(prepared.BatchSampler, "next_batch", next_batch)
 
 
+def _patch_linear_decay() -> Callable[[], None]:
+    """Warmup-stable-decay falling in a straight line: the decay before 2026-12-07."""
+    from slm.training import loop, schedule
+
+    lr_at = loop.lr_at
+
+    def new_lr_at(step: int, progress: float, cfg: Any, warmup_steps: int) -> float:
+        done = max(0.0, 1 - (1 - progress) / schedule.DECAY_FRACTION)
+        if done == 0 or cfg.lr_schedule != "wsd":
+            return lr_at(step, progress, cfg, warmup_steps)  # the warmup and the peak
+        return cfg.lr * (1 - done)  # the default's floor is zero
+
+    loop.lr_at = new_lr_at
+    return lambda: setattr(loop, "lr_at", lr_at)
+
+
 PATCHES = {
+    "linear_decay": _patch_linear_decay,
     "random_starts": _patch_random_starts,
     "momentum_09": _patch_momentum_09,
     "decay_half": _patch_decay_half,

@@ -25,12 +25,13 @@ def test_cosine_warms_up_then_decays_to_the_floor():
     assert lr_at(0, 0.0, cfg, warmup_steps=0) == pytest.approx(1e-3)
 
 
-def test_wsd_holds_the_peak_then_decays_in_a_line_over_the_last_30_percent():
+def test_wsd_holds_the_peak_then_decays_as_one_minus_sqrt_over_the_last_30_percent():
     cfg = TrainConfig(lr=1e-3, min_lr_ratio=0.0, lr_schedule="wsd")
     assert lr_at(0, 0.0, cfg, warmup_steps=10) == pytest.approx(1e-4)
     for progress in (0.1, 0.4, 0.7):  # after warmup: the peak, however far in
         assert lr_at(500, progress, cfg, warmup_steps=10) == pytest.approx(1e-3)
-    assert lr_at(500, 0.85, cfg, warmup_steps=10) == pytest.approx(0.5e-3)
+    assert lr_at(500, 0.85, cfg, warmup_steps=10) == pytest.approx((1 - 0.5**0.5) * 1e-3)
+    assert lr_at(500, 0.97, cfg, warmup_steps=10) == pytest.approx((1 - 0.9**0.5) * 1e-3)
     assert lr_at(1000, 1.0, cfg, warmup_steps=10) == 0.0
     floor = TrainConfig(lr=1e-3, min_lr_ratio=0.1, lr_schedule="wsd")
     assert lr_at(1000, 1.0, floor, warmup_steps=10) == pytest.approx(1e-4)
