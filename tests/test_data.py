@@ -118,28 +118,26 @@ def test_epochs_differ_in_order_and_offset() -> None:
     assert len({tuple(order) for _, order in epochs}) == 4
 
 
-def test_sampler_resumes_across_epochs(tmp_path: Path) -> None:
-    tokens = np.arange(100, dtype=np.uint16)  # 12 windows of 8: an epoch every ~2 batches
-    sampler = BatchSampler(tokens, batch_size=5, context_len=8, seed=7)
-    sampler.next_batch()
-    sampler.next_batch()
+@pytest.mark.parametrize(
+    ("n_tokens", "batch_size", "drawn", "then"),
+    [
+        (5000, 4, 1, 3),  # within the first epoch
+        (100, 5, 2, 10),  # 12 windows of 8: the run crosses an epoch every ~2 batches
+    ],
+)
+def test_sampler_state_resumes_the_exact_sequence(
+    tmp_path: Path, n_tokens: int, batch_size: int, drawn: int, then: int
+) -> None:
+    tokens = np.arange(n_tokens, dtype=np.uint16)
+    sampler = BatchSampler(tokens, batch_size=batch_size, context_len=8, seed=42)
+    for _ in range(drawn):
+        sampler.next_batch()
     torch.save(sampler.state_dict(), tmp_path / "state.pt")
-    expected = [sampler.next_batch() for _ in range(10)]
-    resumed = BatchSampler(tokens, batch_size=5, context_len=8, seed=0)
+    expected = [sampler.next_batch() for _ in range(then)]
+    resumed = BatchSampler(tokens, batch_size=batch_size, context_len=8, seed=0)
     resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
-    for (x, y), (ex, ey) in zip([resumed.next_batch() for _ in range(10)], expected, strict=True):
-        assert torch.equal(x, ex) and torch.equal(y, ey)
-
-
-def test_sampler_state_resumes_the_exact_sequence(tmp_path: Path) -> None:
-    tokens = np.arange(5000, dtype=np.uint16)
-    sampler = BatchSampler(tokens, batch_size=4, context_len=8, seed=42)
-    sampler.next_batch()
-    torch.save(sampler.state_dict(), tmp_path / "state.pt")
-    expected = [sampler.next_batch() for _ in range(3)]
-    resumed = BatchSampler(tokens, batch_size=4, context_len=8, seed=0)
-    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
-    for (x, y), (ex, ey) in zip([resumed.next_batch() for _ in range(3)], expected, strict=True):
+    got = [resumed.next_batch() for _ in range(then)]
+    for (x, y), (ex, ey) in zip(got, expected, strict=True):
         assert torch.equal(x, ex) and torch.equal(y, ey)
 
 
