@@ -83,9 +83,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # drew the same windows); "random starts" is the sampler before, for the record.
     "default + epoch shuffle": COMBINED,
     "default + random starts": {**COMBINED, "_patch": "random_starts"},
-    # On top of the default with epochs (2026-12-07).
+    # On top of the default with epochs (2026-12-07; zero-init and 6 heads ran before the
+    # 1 - sqrt decay, momentum 0.98 after it).
     "epochs + zero-init projections": {**COMBINED, "_patch": "zero_init"},
     "epochs + 6 heads of 32": {**COMBINED, "n_heads": 6},
+    "epochs + muon momentum 0.98": {**COMBINED, "_patch": "momentum_098"},
     # The 1 - sqrt decay became the default on 2026-12-07 (its rows came from a patch of the
     # same maths); "linear decay" is the straight line before.
     "epochs + 1-sqrt decay": COMBINED,
@@ -190,14 +192,15 @@ def _patch_untied() -> Callable[[], None]:
     return undo
 
 
-def _patch_momentum_09() -> Callable[[], None]:
-    """Muon's momentum at 0.9 instead of 0.95: a shorter memory of past gradients."""
+def _patch_momentum(momentum: float) -> Callable[[], None]:
+    """Muon's momentum at `momentum` instead of 0.95: a shorter or longer memory of past
+    gradients."""
     from slm.training import muon
 
     init = muon.Muon.__init__
 
     def new_init(self: Any, groups: Any, lr: float, **kwargs: Any) -> None:
-        init(self, groups, lr, **{**kwargs, "momentum": 0.9})
+        init(self, groups, lr, **{**kwargs, "momentum": momentum})
 
     muon.Muon.__init__ = new_init
     return lambda: setattr(muon.Muon, "__init__", init)
@@ -242,7 +245,8 @@ def _patch_linear_decay() -> Callable[[], None]:
 PATCHES = {
     "linear_decay": _patch_linear_decay,
     "random_starts": _patch_random_starts,
-    "momentum_09": _patch_momentum_09,
+    "momentum_09": partial(_patch_momentum, 0.9),
+    "momentum_098": partial(_patch_momentum, 0.98),
     "decay_half": _patch_decay_half,
     "untied": _patch_untied,
     "dropout": _patch_dropout,
