@@ -92,6 +92,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # same maths); "linear decay" is the straight line before.
     "epochs + 1-sqrt decay": COMBINED,
     "epochs + linear decay": {**COMBINED, "_patch": "linear_decay"},
+    # On top of epochs and the 1 - sqrt decay (2026-12-07).
+    "1-sqrt + q/k/v and gate/up apart": {**COMBINED, "_patch": "split_blocks"},
+    "1-sqrt + adam lr 1e-2": {**COMBINED, "lr": 1e-2},
+    "1-sqrt + warmup 30": {**COMBINED, "warmup_steps": 30},
+    "1-sqrt + no weight decay": {**COMBINED, "weight_decay": 0.0},
+    "1-sqrt + weight decay 0.2": {**COMBINED, "weight_decay": 0.2},
+    "1-sqrt + qk-norm gains": {**COMBINED, "_patch": "qk_gains"},
+    "1-sqrt + adam beta1 0.8": {**COMBINED, "beta1": 0.8},
+    "1-sqrt + muon lr 0.015": {**COMBINED, "muon_lr": 0.015},
 }
 
 
@@ -242,7 +251,69 @@ def _patch_linear_decay() -> Callable[[], None]:
     return lambda: setattr(loop, "lr_at", lr_at)
 
 
+def _patch_split_blocks() -> Callable[[], None]:
+    """Muon orthogonalizes the query, key and value blocks of each fused `qkv` matrix apart,
+    and the gate and up blocks of `gate_up`, as if they were separate matrices (the blocks are
+    told apart by shape, which holds for seed-2.5m: qkv is 3 x 192 rows, gate_up 2 x 512)."""
+    from slm.training import muon
+
+    muon_step = muon.Muon._muon
+
+    def new_muon(self: Any, params: list[torch.Tensor], group: dict[str, Any]) -> None:
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["momentum"] = torch.zeros_like(p)
+            state["momentum"].mul_(group["momentum"]).add_(p.grad)
+            update = p.grad.add(state["momentum"], alpha=group["momentum"])
+            rows, cols = p.shape
+            blocks = 3 if rows == 3 * cols else 2 if rows > cols else 1  # qkv, gate_up, other
+            pieces = update.float().reshape(blocks, rows // blocks, cols)
+            orthogonal = muon.orthogonalize(pieces).reshape(rows, cols)
+            scale = math.sqrt(max(1.0, rows / blocks / cols))
+            p.add_(orthogonal.to(p.dtype), alpha=-group["lr"] * scale)
+
+    muon.Muon._muon = new_muon
+    return lambda: setattr(muon.Muon, "_muon", muon_step)
+
+
+def _patch_qk_gains() -> Callable[[], None]:
+    """QK-norm with a learned gain per channel of a head, shared by the heads (as Qwen3's
+    q_norm and k_norm): each channel's share of the attention logits can grow or shrink.
+    The forward below is the training path only, for as many key/value heads as heads."""
+    import torch.nn.functional as F
+
+    from slm import model
+
+    init, forward = model.Attention.__init__, model.Attention.forward
+
+    def new_init(self: Any, config: Any, layer: int) -> None:
+        init(self, config, layer)
+        self.q_gain = torch.nn.Parameter(torch.ones(config.head_dim))
+        self.k_gain = torch.nn.Parameter(torch.ones(config.head_dim))
+
+    def new_forward(self: Any, x: torch.Tensor, cos: Any, sin: Any, cache: Any = None) -> Any:
+        B, T, _ = x.shape
+        q_dim = self.n_heads * self.head_dim
+        q, k, v = self.qkv(x).split([q_dim, q_dim, q_dim], dim=-1)
+        q, k, v = (t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        q = F.rms_norm(q, (self.head_dim,), weight=self.q_gain, eps=self.eps)
+        k = F.rms_norm(k, (self.head_dim,), weight=self.k_gain, eps=self.eps)
+        q, k = model.apply_rope(q, cos, sin), model.apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(B, T, q_dim))
+
+    model.Attention.__init__, model.Attention.forward = new_init, new_forward
+
+    def undo() -> None:
+        model.Attention.__init__, model.Attention.forward = init, forward
+
+    return undo
+
+
 PATCHES = {
+    "qk_gains": _patch_qk_gains,
+    "split_blocks": _patch_split_blocks,
     "linear_decay": _patch_linear_decay,
     "random_starts": _patch_random_starts,
     "momentum_09": partial(_patch_momentum, 0.9),
