@@ -22,11 +22,16 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slm import __version__
 from slm.bench.measure import peak_rss_mb, summarize
 from slm.fileio import write_json, write_text
+
+if TYPE_CHECKING:  # torch is imported where it is used: `slm bench --help` stays quick
+    import torch
+
+    from slm.config import TrainConfig
 
 Log = Callable[[str], None]
 TRAIN_PRESETS = ("seed-2.5m", "small")  # the default model, and the next size up
@@ -114,7 +119,9 @@ def flops_per_token(n_params: int, n_layers: int, d_model: int, context_len: int
     return 6 * n_params + 12 * n_layers * d_model * context_len
 
 
-def train_step(model: Any, cfg: Any, dtype: Any, compile_it: bool) -> Callable[[Any, Any], Any]:
+def train_step(
+    model: torch.nn.Module, cfg: TrainConfig, dtype: torch.dtype, compile_it: bool
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """(x, y) -> loss: one optimizer step as `slm train` takes it (its optimizer, its loss
     under autocast, compiled or not, gradient clipping), without accumulation."""
     import torch
