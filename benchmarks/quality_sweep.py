@@ -261,16 +261,12 @@ def _patch_split_blocks() -> Callable[[], None]:
 
     def new_muon(self: Any, params: list[torch.Tensor], group: dict[str, Any]) -> None:
         for p in params:
-            state = self.state[p]
-            if not state:
-                state["momentum"] = torch.zeros_like(p)
-            state["momentum"].mul_(group["momentum"]).add_(p.grad)
-            update = p.grad.add(state["momentum"], alpha=group["momentum"])
+            update = self.nesterov_update(p, group["momentum"])
             rows, cols = p.shape
             blocks = 3 if rows == 3 * cols else 2 if rows > cols else 1  # qkv, gate_up, other
             pieces = update.float().reshape(blocks, rows // blocks, cols)
             orthogonal = muon.orthogonalize(pieces).reshape(rows, cols)
-            scale = math.sqrt(max(1.0, rows / blocks / cols))
+            scale = muon.update_scale(rows // blocks, cols)
             p.add_(orthogonal.to(p.dtype), alpha=-group["lr"] * scale)
 
     muon.Muon._muon = new_muon

@@ -43,6 +43,12 @@ def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return x
 
 
+def update_scale(rows: int, cols: int) -> float:
+    """An orthogonal update has unit singular values whatever its shape; a tall matrix (more
+    outputs than inputs) gets sqrt(out / in) so that its outputs move as much."""
+    return math.sqrt(max(1.0, rows / cols))
+
+
 class Muon(torch.optim.Optimizer):
     """Muon on the groups marked `muon=True`, AdamW on the others, as one optimizer.
 
@@ -82,20 +88,20 @@ class Muon(torch.optim.Optimizer):
         for p in params:
             by_shape.setdefault(p.shape, []).append(p)
         for shape, same in by_shape.items():
-            updates = []
-            for p in same:
-                state = self.state[p]
-                if not state:
-                    state["momentum"] = torch.zeros_like(p)
-                state["momentum"].mul_(group["momentum"]).add_(p.grad)
-                updates.append(p.grad.add(state["momentum"], alpha=group["momentum"]))
+            updates = [self.nesterov_update(p, group["momentum"]) for p in same]
             orthogonal = orthogonalize(torch.stack(updates).float())
-            # An orthogonal update has unit singular values whatever its shape; a tall
-            # matrix (more outputs than inputs) gets sqrt(out / in) so its outputs move
-            # as much.
-            scale = math.sqrt(max(1.0, shape[0] / shape[1]))
+            scale = update_scale(shape[0], shape[1])
             for p, update in zip(same, orthogonal, strict=True):
                 p.add_(update.to(p.dtype), alpha=-group["lr"] * scale)
+
+    def nesterov_update(self, p: torch.Tensor, momentum: float) -> torch.Tensor:
+        """Folds p's gradient into its momentum and returns the Nesterov look-ahead,
+        grad + momentum * buffer: the matrix that is orthogonalized."""
+        state = self.state[p]
+        if not state:
+            state["momentum"] = torch.zeros_like(p)
+        state["momentum"].mul_(momentum).add_(p.grad)
+        return p.grad.add(state["momentum"], alpha=momentum)
 
     def _adamw(self, p: torch.Tensor, group: dict[str, Any]) -> None:
         state = self.state[p]
