@@ -16,6 +16,7 @@ variant: mean bits per byte over the seeds, and the spread (max - min).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 
 RESULTS = Path(__file__).parent / "results" / "quality-sweep.jsonl"
+CURRENT_DATA = Path()  # the prepared corpus of the run in progress, for patches that read it
 
 # Each variant is the settings it changes (the CLI's flag names, as `slm.train` keywords).
 # "baseline" is `slm train` as it ships; the others change one thing from the recipe that
@@ -101,6 +103,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "1-sqrt + qk-norm gains": {**COMBINED, "_patch": "qk_gains"},
     "1-sqrt + adam beta1 0.8": {**COMBINED, "beta1": 0.8},
     "1-sqrt + muon lr 0.015": {**COMBINED, "muon_lr": 0.015},
+    "1-sqrt + 2 heads of 96": {**COMBINED, "n_heads": 2},
+    "1-sqrt + context 512 x batch 8": {**COMBINED, "context_len": 512, "batch_size": 8},
+    "1-sqrt + bpe dropout 0.1": {**COMBINED, "_patch": "bpe_dropout"},
+    "1-sqrt + bpe dropout 0.1, 2 epochs": {**COMBINED, "_patch": "bpe_dropout_2"},
+    "1-sqrt + attention scale x1.5": {**COMBINED, "_patch": "attention_scale_15"},
+    "1-sqrt + batch 8": {**COMBINED, "batch_size": 8},
+    # With --data from `slm prepare --vocab-size 2048`: the embedding's 0.39 M parameters
+    # freed go to a fifth layer (2.6 M in all, as many multiply-adds a token).
+    "1-sqrt + vocab 2048 x 5 layers": {**COMBINED, "n_layers": 5},
+    "1-sqrt + decay over 50%": {**COMBINED, "_patch": "decay_half"},
+    "1-sqrt + warmup 200": {**COMBINED, "warmup_steps": 200},
+    # With --data from `slm prepare --vocab-size 8192`: the embedding doubles to 1.57 M, so
+    # one layer goes (2.9 M parameters in all).
+    "1-sqrt + vocab 8192 x 3 layers": {**COMBINED, "n_layers": 3},
 }
 
 
@@ -235,6 +251,60 @@ def _patch_random_starts() -> Callable[[], None]:
     return lambda: setattr(prepared.BatchSampler, "next_batch", next_batch)
 
 
+def _patch_bpe_dropout(rate: float, epochs: int) -> Callable[[], None]:
+    """The training text re-encoded each epoch with BPE dropout (each merge skipped at `rate`).
+
+    A regularizer for a run that sees its text several times: every epoch cuts the same words
+    into different pieces. Only the first `epochs` epochs (0: all) are re-encoded; the ones
+    after train on the tokens as prepared, which the held-out plays are scored in. The
+    tokenizer's dropout draws are not seeded, so two runs of one seed differ a little more.
+    """
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from slm.data import prepared
+
+    data = prepared.load_prepared(CURRENT_DATA)
+    tokenizer = Tokenizer.from_file(str(data.tokenizer_path))
+    eot = int(data.meta["eot_id"])
+    clean = data.tokens("train")
+    cuts = [*np.flatnonzero(clean == eot).tolist(), len(clean)]
+    docs = [tokenizer.decode(clean[a + 1 : b].tolist()) for a, b in itertools.pairwise(cuts)]
+    tokenizer.model.dropout = rate
+    new_epoch = prepared.BatchSampler._new_epoch
+
+    def new_new_epoch(self: Any) -> None:
+        if not hasattr(self, "_epochs_done"):
+            self._epochs_done, self._train = 0, len(self.tokens) == len(clean)
+        if self._train and (epochs == 0 or self._epochs_done < epochs):
+            ids = [[eot, *e.ids] for e in tokenizer.encode_batch(docs)]
+            self.tokens = np.array([t for doc in ids for t in doc], dtype=clean.dtype)
+        elif self._train:
+            self.tokens = clean
+        self._epochs_done += 1
+        new_epoch(self)
+
+    prepared.BatchSampler._new_epoch = new_new_epoch
+    return lambda: setattr(prepared.BatchSampler, "_new_epoch", new_epoch)
+
+
+def _patch_attention_scale(factor: float) -> Callable[[], None]:
+    """Attention scores at `factor` / sqrt(head_dim) instead of 1 / sqrt(head_dim).
+
+    Under QK-norm without gains a score lies within ±sqrt(head_dim) (±8 for heads of 64), so
+    the scale sets how sharp a head can be. A fixed factor exports as q_norm gains of `factor`.
+    """
+    import torch.nn.functional as F
+
+    sdpa = F.scaled_dot_product_attention
+
+    def scaled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return sdpa(q, k, v, scale=factor / math.sqrt(q.shape[-1]), **kwargs)
+
+    F.scaled_dot_product_attention = scaled
+    return lambda: setattr(F, "scaled_dot_product_attention", sdpa)
+
+
 def _patch_linear_decay() -> Callable[[], None]:
     """Warmup-stable-decay falling in a straight line: the decay before 2026-12-07."""
     from slm.training import loop, schedule
@@ -319,15 +389,21 @@ PATCHES = {
     "dropout": _patch_dropout,
     "zero_init": _patch_zero_init,
     "relu2": _patch_relu2,
+    "bpe_dropout": partial(_patch_bpe_dropout, 0.1, 0),
+    "bpe_dropout_2": partial(_patch_bpe_dropout, 0.1, 2),
+    "attention_scale_15": partial(_patch_attention_scale, 1.5),
 }
 
 
 def run_one(name: str, seed: int, tokens: int, data: Path, work: Path) -> dict[str, Any]:
     import slm
     from slm.bench.suite import machine_info
+    from slm.data import prepared
     from slm.evaluate import evaluate_model
 
-    run_dir = work / f"{name.replace(' ', '_')}-{seed}"
+    global CURRENT_DATA
+    CURRENT_DATA = data
+    run_dir = work / f"{name.replace(' ', '_').replace(',', '')}-{seed}"
     settings = dict(VARIANTS[name])
     patch = settings.pop("_patch", None)
     undo = PATCHES[patch]() if patch else (lambda: None)
@@ -358,6 +434,7 @@ def run_one(name: str, seed: int, tokens: int, data: Path, work: Path) -> dict[s
         "variant": name,
         "settings": VARIANTS[name],
         "seed": seed,
+        "vocab_size": prepared.load_prepared(data).vocab_size,
         "tokens": result.tokens,
         "steps": result.step,
         "bpb": val.bpb,
