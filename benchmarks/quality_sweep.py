@@ -117,6 +117,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # With --data from `slm prepare --vocab-size 8192`: the embedding doubles to 1.57 M, so
     # one layer goes (2.9 M parameters in all).
     "1-sqrt + vocab 8192 x 3 layers": {**COMBINED, "n_layers": 3},
+    "1-sqrt + rope theta 1000": {**COMBINED, "rope_theta": 1000.0},
+    "1-sqrt + rope theta 100000": {**COMBINED, "rope_theta": 100000.0},
 }
 
 
