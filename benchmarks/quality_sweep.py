@@ -105,7 +105,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "1-sqrt + muon lr 0.015": {**COMBINED, "muon_lr": 0.015},
     "1-sqrt + 2 heads of 96": {**COMBINED, "n_heads": 2},
     "1-sqrt + context 512 x batch 8": {**COMBINED, "context_len": 512, "batch_size": 8},
-    "1-sqrt + bpe dropout 0.1": {**COMBINED, "_patch": "bpe_dropout"},
     "1-sqrt + bpe dropout 0.1, 2 epochs": {**COMBINED, "_patch": "bpe_dropout_2"},
     "1-sqrt + attention scale x1.5": {**COMBINED, "_patch": "attention_scale_15"},
     "1-sqrt + batch 8": {**COMBINED, "batch_size": 8},
@@ -391,7 +390,6 @@ PATCHES = {
     "dropout": _patch_dropout,
     "zero_init": _patch_zero_init,
     "relu2": _patch_relu2,
-    "bpe_dropout": partial(_patch_bpe_dropout, 0.1, 0),
     "bpe_dropout_2": partial(_patch_bpe_dropout, 0.1, 2),
     "attention_scale_15": partial(_patch_attention_scale, 1.5),
 }
