@@ -7,6 +7,7 @@ import argparse
 import pytest
 
 from slm.config import (
+    DEFAULT_BETA2,
     DEFAULT_LR,
     PRESETS,
     ModelConfig,
@@ -72,6 +73,18 @@ def test_the_default_rate_is_the_optimizers_own_and_saved_resolved():
     assert TrainConfig(optimizer="adamw").lr == DEFAULT_LR["adamw"] == 2e-3
     assert TrainConfig(optimizer="adamw", lr=1e-4).lr == 1e-4
     assert TrainConfig.from_dict(TrainConfig().to_dict()).lr == 6e-3
+
+
+def test_the_default_beta2_is_the_optimizers_own_and_saved_resolved():
+    # Under Muon, AdamW (embedding and gains) trains best with a long second-moment memory.
+    assert TrainConfig().beta2 == DEFAULT_BETA2["muon"] == 0.999
+    assert TrainConfig(optimizer="adamw").beta2 == DEFAULT_BETA2["adamw"] == 0.95
+    assert TrainConfig(beta2=0.9).beta2 == 0.9
+    # A run saved before the per-optimizer default resumes with the value it trained with.
+    assert TrainConfig.from_dict({**TrainConfig().to_dict(), "beta2": 0.95}).beta2 == 0.95
+    for bad in ({"beta2": 1.0}, {"beta2": -0.5}, {"beta1": 1.0}):
+        with pytest.raises(SLMError, match="beta"):
+            TrainConfig(**bad)
 
 
 def test_durations_and_save_intervals():

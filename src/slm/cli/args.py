@@ -92,6 +92,7 @@ _TRAIN_HELP = {
     "optimizer": "adamw, or muon (Muon for the hidden matrices, AdamW for the rest)",
     "lr": "AdamW's peak learning rate (default: 6e-3 for the embedding and gains under muon, "
     "2e-3 for everything under adamw)",
+    "beta2": "AdamW's second-moment decay (default: 0.999 under muon, 0.95 under adamw)",
     "muon_lr": "peak learning rate of the hidden matrices under --optimizer muon",
     "lr_schedule": "wsd (hold the peak, decay over the last 30%%) or cosine",
     "min_lr_ratio": "the decay ends at lr * this",
@@ -168,8 +169,8 @@ def add_train(sub: Any) -> argparse.ArgumentParser:
         flag = f"--{f.name.replace('_', '-')}"
         default = getattr(defaults, f.name)
         help_text = f"{_TRAIN_HELP.get(f.name, '')} (default: {default!r})".strip()
-        if f.name == "lr":  # its default depends on --optimizer
-            help_text = _TRAIN_HELP["lr"]
+        if f.name in ("lr", "beta2"):  # their defaults depend on --optimizer
+            help_text = _TRAIN_HELP[f.name]
         if isinstance(default, bool):
             train_group.add_argument(
                 flag, action="store_true", dest=f.name, default=None, help=help_text
