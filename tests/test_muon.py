@@ -34,6 +34,26 @@ def test_orthogonalize_keeps_the_directions_and_evens_the_scales(shape) -> None:
     assert cosine > 0.95
 
 
+def test_under_bf16_the_orthogonalization_runs_in_bf16_and_lands_as_fp32_does() -> None:
+    from slm.config import ModelConfig, TrainConfig, preset
+    from slm.model import GPT
+    from slm.training.optimizer import make_optimizer
+
+    model, cpu = GPT(ModelConfig(**preset("tiny"))), torch.device("cpu")
+    assert make_optimizer(model, TrainConfig(), cpu).ns_dtype == torch.float32
+    assert make_optimizer(model, TrainConfig(), cpu, torch.bfloat16).ns_dtype == torch.bfloat16
+    assert make_optimizer(model, TrainConfig(), cpu, torch.float16).ns_dtype == torch.float32
+    torch.manual_seed(0)
+    g = torch.randn(4, 96, 32)
+    full, half = orthogonalize(g), orthogonalize(g.bfloat16())
+    assert half.dtype == torch.bfloat16
+    # bf16's 8-bit mantissa moves each entry by about 1%, not the update's direction
+    cosine = (full * half.float()).sum() / (full.norm() * half.float().norm())
+    assert cosine > 0.995
+    singular = torch.linalg.svdvals(half.float())
+    assert singular.min() > 0.6 and singular.max() < 1.25
+
+
 def test_its_adamw_half_matches_torchs_adamw() -> None:
     torch.manual_seed(0)
     ours, theirs = torch.nn.Parameter(torch.randn(5, 7)), None

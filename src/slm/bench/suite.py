@@ -129,7 +129,7 @@ def train_step(
     from slm.training.optimizer import make_loss_fn, make_optimizer
 
     device = torch.device("cpu")
-    optimizer = make_optimizer(model, cfg, device)
+    optimizer = make_optimizer(model, cfg, device, dtype)
     loss_fn = make_loss_fn(model, device, dtype, compile_it, log=lambda _m: None)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -160,7 +160,7 @@ class Run:
         self.val_tokens = data.tokens("val")
         self.budget = plan_budget(cfg, self.model_cfg, len(self.train_tokens), self.dist.world_size)
         self.sampler = self._sampler(data, cfg)
-        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.optimizer = make_optimizer(self.model, cfg, self.device, self.dtype)
         self.ddp: Any = self.model  # wrapped in DDP when the loop starts (a collective)
         self.loss_fn: Any = None
         self.tokenizer = Tokenizer.from_file(run_dir / checkpoint.TOKENIZER_FILE)

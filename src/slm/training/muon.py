@@ -64,11 +64,17 @@ class Muon(torch.optim.Optimizer):
         momentum: float = 0.95,
         betas: tuple[float, float] = (0.9, 0.95),
         eps: float = 1e-8,
+        ns_dtype: torch.dtype = torch.float32,
     ):
         defaults = dict(
             lr=lr, momentum=momentum, betas=betas, eps=eps, weight_decay=0.0, muon=False
         )
         super().__init__(list(groups), defaults)
+        # The precision of the Newton-Schulz products: the training run's own. Under bf16
+        # autocast they run in bf16 too, as fast as the model's products (half the time of
+        # fp32 on a CPU with AVX512-BF16); the iteration only has to land the singular values
+        # near 1, which bf16's 8 bits of mantissa do (benchmarks/README.md, "bf16").
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
@@ -89,7 +95,7 @@ class Muon(torch.optim.Optimizer):
             by_shape.setdefault(p.shape, []).append(p)
         for shape, same in by_shape.items():
             updates = [self.nesterov_update(p, group["momentum"]) for p in same]
-            orthogonal = orthogonalize(torch.stack(updates).float())
+            orthogonal = orthogonalize(torch.stack(updates).to(self.ns_dtype))
             scale = update_scale(shape[0], shape[1])
             for p, update in zip(same, orthogonal, strict=True):
                 p.add_(update.to(p.dtype), alpha=-group["lr"] * scale)

@@ -22,15 +22,21 @@ from slm.training.schedule import Budget
 
 
 def make_optimizer(
-    model: torch.nn.Module, cfg: TrainConfig, device: torch.device
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only: decaying norm gains would fight the norm.
 
-    `--optimizer muon`: Muon for the hidden matrices instead (`slm.training.muon`).
+    `--optimizer muon`: Muon for the hidden matrices instead (`slm.training.muon`), its
+    orthogonalization in the run's precision `dtype` (fp16 is left to fp32: its range is
+    too narrow for the iteration's squared Gram matrices).
     """
     if cfg.optimizer == "muon":
         groups = muon_groups(model, cfg.lr, cfg.muon_lr, cfg.weight_decay)
-        return Muon(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        ns_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+        return Muon(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), ns_dtype=ns_dtype)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [
