@@ -41,6 +41,8 @@ from slm.config import PRESETS, ModelConfig, TrainConfig
 from slm.device import cpu_bf16_speedup, set_threads
 from slm.model import GPT
 
+RESULTS = Path(__file__).parent / "results" / "reference.md"
+
 
 class ReferenceBlock(nn.Module):
     def __init__(self, width: int, heads: int):
@@ -203,14 +205,25 @@ def main() -> int:
         default=["float32"],
         help="precisions to measure (bf16 is autocast, as `slm train --dtype bfloat16`)",
     )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help="Markdown file the run is appended to"
+    )
     args = parser.parse_args()
     set_threads(0)
     processor, threads = machine_info()["processor"], torch.get_num_threads()
     speedup = cpu_bf16_speedup()
-    print(f"{processor}, {threads} threads, {time.strftime('%Y-%m-%d')}")
-    print(f"bf16 matmul {speedup:.2f}x fp32 here (`--dtype auto` picks bf16 from 1.3x)\n")
+    report = [
+        f"## {processor}, {threads} threads, {time.strftime('%Y-%m-%d %H:%M')}\n",
+        f"bf16 matmul {speedup:.2f}x fp32 here (`--dtype auto` picks bf16 from 1.3x)\n",
+    ]
+    print("\n".join(report))
     for name in args.dtype:
-        print(measure(getattr(torch, name), args.nanogpt, args.rounds, args.steps))
+        report.append(measure(getattr(torch, name), args.nanogpt, args.rounds, args.steps))
+        print(report[-1])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a", encoding="utf-8") as f:  # every run kept, as the sweep's rows
+        f.write("\n".join(report) + "\n")
+    print(f"appended to {args.out}")
     return 0
 
 
