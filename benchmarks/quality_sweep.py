@@ -42,6 +42,7 @@ MUON_COSINE = {
     "lr_schedule": "cosine",
     "min_lr_ratio": 0.1,
     "qk_norm": False,
+    "beta2": 0.95,  # every recipe before 2026-12-07 ran at 0.95; under Muon 0.999 after it
 }
 COMBINED = {**MUON_COSINE, "lr_schedule": "wsd", "min_lr_ratio": 0.0, "lr": 6e-3, "qk_norm": True}
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -118,6 +119,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "1-sqrt + vocab 8192 x 3 layers": {**COMBINED, "n_layers": 3},
     "1-sqrt + rope theta 1000": {**COMBINED, "rope_theta": 1000.0},
     "1-sqrt + rope theta 100000": {**COMBINED, "rope_theta": 100000.0},
+    # 2026-12-07, a third session: the open ReLU² question on top of the default, and more
+    "1-sqrt + relu2 mlp": {**COMBINED, "_patch": "relu2"},
+    "1-sqrt + batch 32": {**COMBINED, "batch_size": 32},
+    "1-sqrt + adam beta2 0.99": {**COMBINED, "beta2": 0.99},
+    "1-sqrt + adam beta2 0.999": {**COMBINED, "beta2": 0.999},  # kept: the default from here
+    "1-sqrt + adam beta2 0.9999": {**COMBINED, "beta2": 0.9999},
+    "1-sqrt + no gradient clipping": {**COMBINED, "grad_clip": 0.0},
+    "1-sqrt + weight decay 0.05": {**COMBINED, "weight_decay": 0.05},
+    # In bf16 autocast (a processor with AVX512-BF16): Muon's orthogonalization in fp32 (as
+    # before 2026-12-07) against bf16, the training precision (the default from then).
+    "bf16, muon in fp32": {"dtype": "bfloat16", "_patch": "ns_fp32"},
+    "bf16": {"dtype": "bfloat16"},
+    # On top of the default with beta2 0.999 (Δ against "bf16"): does AdamW's optimum move?
+    "bf16 + adam beta2 0.9999": {"dtype": "bfloat16", "beta2": 0.9999},
+    "bf16 + adam lr 1e-2": {"dtype": "bfloat16", "lr": 1e-2},
 }
 
 
@@ -162,6 +178,19 @@ def _patch_relu2() -> Callable[[], None]:
         model.SwiGLU.__init__, model.SwiGLU.forward = init, forward
 
     return undo
+
+
+def _patch_ns_fp32() -> Callable[[], None]:
+    """Muon's Newton-Schulz products in fp32 whatever the training precision."""
+    from slm.training import muon
+
+    init = muon.Muon.__init__
+
+    def new_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **{**kwargs, "ns_dtype": torch.float32})
+
+    muon.Muon.__init__ = new_init
+    return lambda: setattr(muon.Muon, "__init__", init)
 
 
 def _patch_dropout() -> Callable[[], None]:
@@ -390,6 +419,7 @@ PATCHES = {
     "dropout": _patch_dropout,
     "zero_init": _patch_zero_init,
     "relu2": _patch_relu2,
+    "ns_fp32": _patch_ns_fp32,
     "bpe_dropout_2": partial(_patch_bpe_dropout, 0.1, 2),
     "attention_scale_15": partial(_patch_attention_scale, 1.5),
 }
@@ -442,6 +472,7 @@ def run_one(name: str, seed: int, tokens: int, data: Path, work: Path) -> dict[s
         "wall_s": round(wall_s, 1),
         "tokens_per_s": round(statistics.median(rates)),
         "processor": machine_info()["processor"],
+        "dtype": torch.load(run_dir / "train_state.pt", weights_only=True)["dtype"],
         "date": time.strftime("%Y-%m-%d"),
     }
 
