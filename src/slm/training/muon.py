@@ -73,7 +73,8 @@ class Muon(torch.optim.Optimizer):
         # The precision of the Newton-Schulz products: the training run's own. Under bf16
         # autocast they run in bf16 too, as fast as the model's products (half the time of
         # fp32 on a CPU with AVX512-BF16); the iteration only has to land the singular values
-        # near 1, which bf16's 8 bits of mantissa do (benchmarks/README.md, "bf16").
+        # near 1, which bf16's 8 bits of mantissa do (benchmarks/README.md, "Where the bf16
+        # step's time goes").
         self.ns_dtype = ns_dtype
 
     @torch.no_grad()
