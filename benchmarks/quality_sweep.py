@@ -134,6 +134,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # On top of the default with beta2 0.999 (Δ against "bf16"): does AdamW's optimum move?
     "bf16 + adam beta2 0.9999": {"dtype": "bfloat16", "beta2": 0.9999},
     "bf16 + adam lr 1e-2": {"dtype": "bfloat16", "lr": 1e-2},
+    "bf16 + adam beta1 0.95": {"dtype": "bfloat16", "beta1": 0.95},
 }
 
 
