@@ -134,6 +134,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bf16 + adam beta2 0.9999": {"dtype": "bfloat16", "beta2": 0.9999},
     "bf16 + adam lr 1e-2": {"dtype": "bfloat16", "lr": 1e-2},
     "bf16 + adam beta1 0.95": {"dtype": "bfloat16", "beta1": 0.95},
+    "bf16 + embedding rms-normed": {"dtype": "bfloat16", "_patch": "embedding_norm"},
+    "bf16 + no decay on the embedding": {"dtype": "bfloat16", "_patch": "embedding_no_decay"},
+    "bf16 + muon momentum warmup": {"dtype": "bfloat16", "_patch": "momentum_warmup"},
 }
 
 
@@ -407,7 +410,69 @@ def _patch_qk_gains() -> Callable[[], None]:
     return undo
 
 
+def _patch_embedding_norm() -> Callable[[], None]:
+    """Each token's embedding scaled to unit RMS (no gain) where it enters the residual
+    stream; the output head still reads the raw embedding. At init the rows have RMS 0.02,
+    so the blocks' outputs swamp the token's own identity within the first steps. Exports as
+    an untied model: the input table is the normalized embedding, a function of the weights."""
+    import torch.nn.functional as F
+
+    from slm import model
+
+    init = model.GPT.__init__
+
+    def new_init(self: Any, config: Any) -> None:
+        init(self, config)
+        emb = self.tok_emb
+        emb.forward = lambda idx: F.rms_norm(F.embedding(idx, emb.weight), (config.d_model,))
+
+    model.GPT.__init__ = new_init
+    return lambda: setattr(model.GPT, "__init__", init)
+
+
+def _patch_embedding_no_decay() -> Callable[[], None]:
+    """No weight decay on the (tied) embedding under Muon; the hidden matrices keep theirs."""
+    from slm.training import muon
+
+    groups = muon.muon_groups
+
+    def new_groups(*args: Any, **kwargs: Any) -> list:
+        result = groups(*args, **kwargs)
+        result[1]["weight_decay"] = 0.0  # hidden, embedding, gains
+        return result
+
+    muon.muon_groups = new_groups
+    from slm.training import optimizer
+
+    optimizer.muon_groups = new_groups
+
+    def undo() -> None:
+        muon.muon_groups = optimizer.muon_groups = groups
+
+    return undo
+
+
+def _patch_momentum_warmup() -> Callable[[], None]:
+    """Muon's momentum rises from 0.85 to 0.95 over the first 300 steps: a short memory
+    while the gradients turn fast at the start."""
+    from slm.training import muon
+
+    step = muon.Muon.step
+
+    def new_step(self: Any, closure: Any = None) -> None:
+        self._steps = getattr(self, "_steps", 0) + 1
+        for group in self.param_groups:
+            group["momentum"] = 0.85 + 0.10 * min(1.0, self._steps / 300)
+        step(self, closure)
+
+    muon.Muon.step = new_step
+    return lambda: setattr(muon.Muon, "step", step)
+
+
 PATCHES = {
+    "embedding_norm": _patch_embedding_norm,
+    "embedding_no_decay": _patch_embedding_no_decay,
+    "momentum_warmup": _patch_momentum_warmup,
     "qk_gains": _patch_qk_gains,
     "split_blocks": _patch_split_blocks,
     "linear_decay": _patch_linear_decay,

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from slm.data.prepared import BatchSampler, PreparedData, is_prepared, load_prepared
+from slm.data.prepared import (
+    BatchSampler,
+    ChatBatchSampler,
+    PreparedData,
+    is_prepared,
+    load_prepared,
+)
 from slm.errors import SLMError
 
 # --------------------------------------------------------------------------- reading
@@ -138,6 +144,40 @@ def test_sampler_state_resumes_the_exact_sequence(
     resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
     got = [resumed.next_batch() for _ in range(then)]
     for (x, y), (ex, ey) in zip(got, expected, strict=True):
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+
+
+def conversations(count: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`count` conversations of `length` tokens back to back: token i*length + j is
+    conversation i's j-th, so a window's first token names its conversation."""
+    tokens = np.arange(count * length, dtype=np.uint16)
+    mask = np.ones(count * length, dtype=np.uint8)
+    index = np.array([[i * length, length] for i in range(count)], dtype=np.int64)
+    return tokens, mask, index
+
+
+def test_conversations_are_visited_once_an_epoch() -> None:
+    tokens, mask, index = conversations(10, 5)
+    sampler = ChatBatchSampler(tokens, mask, index, batch_size=4, context_len=8, seed=3)
+    firsts: list[int] = []
+    for _ in range(10):  # 40 windows: four whole epochs of 10 conversations
+        firsts += sampler.next_batch()[0][:, 0].tolist()
+    epochs = [firsts[i : i + 10] for i in range(0, 40, 10)]
+    for epoch in epochs:
+        assert sorted(epoch) == [5 * i for i in range(10)]
+    assert len({tuple(epoch) for epoch in epochs}) == 4  # a fresh order each epoch
+
+
+def test_conversation_sampler_resumes_the_exact_sequence(tmp_path: Path) -> None:
+    tokens, mask, index = conversations(7, 6)
+    sampler = ChatBatchSampler(tokens, mask, index, batch_size=3, context_len=8, seed=11)
+    for _ in range(4):  # 12 windows: into the second epoch
+        sampler.next_batch()
+    torch.save(sampler.state_dict(), tmp_path / "state.pt")
+    expected = [sampler.next_batch() for _ in range(6)]
+    resumed = ChatBatchSampler(tokens, mask, index, batch_size=3, context_len=8, seed=0)
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    for (x, y), (ex, ey) in zip([resumed.next_batch() for _ in range(6)], expected, strict=True):
         assert torch.equal(x, ex) and torch.equal(y, ey)
 
 

@@ -118,21 +118,63 @@ def load_prepared(folder: str | os.PathLike) -> PreparedData:
     return PreparedData(folder, meta)
 
 
-class BatchSampler:
+class EpochOrder:
+    """Window starts visited in epochs: each epoch a fresh random order, every start once.
+
+    Starts drawn independently at random would leave 37% of them unseen after an epoch's
+    worth of draws and show others two or three times. The draws come from a seeded
+    `torch.Generator`; `state_dict` holds its state at the start of the epoch and how far into
+    the epoch the run is, so a resumed run draws exactly what it would have drawn. Under
+    torchrun every rank draws the whole global batch (`batch_size` x `world_size`) from the
+    same stream and keeps its own slice: the data does not depend on how many processes share it.
+    Subclasses say what an epoch's starts are (`_epoch_starts`).
+    """
+
+    def __init__(self, batch_size: int, seed: int, rank: int, world_size: int):
+        import torch  # here, not at the top: `slm prepare` never needs torch (~1 s to import)
+
+        self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _epoch_starts(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _new_epoch(self) -> None:
+        self.epoch_state = self.generator.get_state()
+        self.starts = self._epoch_starts()
+        self.position = 0
+
+    def _take(self) -> list[int]:
+        """This rank's starts for the next batch."""
+        wanted = self.batch_size * self.world_size
+        every: list[int] = []
+        while len(every) < wanted:  # a batch that straddles two epochs takes from both
+            if self.position == len(self.starts):
+                self._new_epoch()
+            taken = self.starts[self.position : self.position + wanted - len(every)]
+            every += taken.tolist()
+            self.position += len(taken)
+        return every[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.epoch_state, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        # Replaying the epoch's draws from its starting state rebuilds its order. A state
+        # without a position (a conversation run from before epochs) starts a fresh epoch.
+        self.generator.set_state(state["generator"])
+        self._new_epoch()
+        self.position = min(int(state.get("position", 0)), len(self.starts))
+
+
+class BatchSampler(EpochOrder):
     """(B, T+1) windows from a token array, in epochs -> (x, y) int64 CPU tensors of shape (B, T).
 
     Each epoch cuts the tokens into windows of T (+1 for the last target) at a random offset,
     so window edges move from one epoch to the next, and visits them in a random order: every
-    token is trained on once an epoch. Starts drawn independently at random would leave 37% of
-    the tokens unseen after an epoch's worth of windows and show others two or three times;
-    on the built-in corpus, epochs gave 0.025 bits per byte at 5 M training tokens
-    (benchmarks/README.md).
-
-    The draws come from a seeded `torch.Generator`. A checkpoint holds its state at the start
-    of the epoch and how far into the epoch the run is, so a resumed run draws exactly the
-    batches it would have drawn. Under torchrun every rank draws the starts of the whole
-    global batch (`batch_size` x `world_size`) from the same stream and keeps its own slice:
-    the data does not depend on how many processes share it.
+    token is trained on once an epoch. On the built-in corpus, epochs instead of independent
+    random starts gave 0.025 bits per byte at 5 M training tokens (benchmarks/README.md).
     """
 
     def __init__(
@@ -144,65 +186,44 @@ class BatchSampler:
         rank: int = 0,
         world_size: int = 1,
     ):
-        import torch  # here, not at the top: `slm prepare` never needs torch (~1 s to import)
-
         if len(tokens) < context_len + 1:
             raise SLMError(
                 f"{len(tokens):,} tokens are too few for one window of context {context_len}: "
                 f"{context_len + 1:,} are needed",
                 hint="use more text or a smaller --context-len",
             )
+        super().__init__(batch_size, seed, rank, world_size)
         self.tokens = tokens
-        self.batch_size = batch_size
         self.context_len = context_len
-        self.rank, self.world_size = rank, world_size
-        self.generator = torch.Generator().manual_seed(seed)
         self._new_epoch()
 
-    def _new_epoch(self) -> None:
+    def _epoch_starts(self) -> torch.Tensor:
         import torch
 
-        self.epoch_state = self.generator.get_state()
         n, T = len(self.tokens), self.context_len
         # An offset below T, and below n - T so that at least one window fits.
         offset = int(torch.randint(min(T, n - T), (1,), generator=self.generator))
         count = (n - 1 - offset) // T  # windows of T + 1 tokens starting T apart
-        self.starts = offset + T * torch.randperm(count, generator=self.generator)
-        self.position = 0
+        return offset + T * torch.randperm(count, generator=self.generator)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        wanted = self.batch_size * self.world_size
-        every: list[int] = []
-        while len(every) < wanted:  # a batch that straddles two epochs takes from both
-            if self.position == len(self.starts):
-                self._new_epoch()
-            taken = self.starts[self.position : self.position + wanted - len(every)]
-            every += taken.tolist()
-            self.position += len(taken)
-        starts = every[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        starts = self._take()
         windows = np.stack([self.tokens[s : s + self.context_len + 1] for s in starts])
         block = torch.from_numpy(windows.astype(np.int64))  # (B, T+1)
         return block[:, :-1].contiguous(), block[:, 1:].contiguous()
 
-    def state_dict(self) -> dict:
-        return {"generator": self.epoch_state, "position": self.position}
 
-    def load_state_dict(self, state: dict) -> None:
-        # Replaying the epoch's draws from its starting state rebuilds its order.
-        self.generator.set_state(state["generator"])
-        self._new_epoch()
-        self.position = min(int(state.get("position", 0)), len(self.starts))
-
-
-class ChatBatchSampler:
-    """Random (B, T) windows that each start at a conversation, with non-assistant targets
+class ChatBatchSampler(EpochOrder):
+    """(B, T) windows that each start at a conversation, in epochs, with non-assistant targets
     set to -100 (what `cross_entropy` ignores) so only the assistant's tokens carry loss.
 
     Starting at a conversation keeps it whole in the window (conversations longer than the
     context are left out); what follows it in the window is the next conversations, packed,
     each seen from its own start. Windows that run past the end are padded without loss.
+    Every conversation starts a window once an epoch, in a fresh random order each epoch: a
+    fine-tune of a few epochs sees each example as often as the others.
     """
 
     def __init__(
@@ -216,41 +237,34 @@ class ChatBatchSampler:
         rank: int = 0,
         world_size: int = 1,
     ):
-        import torch
-
         fits = conversations[conversations[:, 1] <= context_len + 1]
         if len(fits) == 0:
             raise SLMError(
                 f"no conversation fits the context of {context_len} tokens",
                 hint="prepare with a larger model context, or shorter conversations",
             )
+        super().__init__(batch_size, seed, rank, world_size)
         self.skipped = len(conversations) - len(fits)
-        self.starts = fits[:, 0]
+        self.conversation_starts = fits[:, 0]
         self.tokens, self.mask = tokens, mask
-        self.batch_size, self.context_len = batch_size, context_len
-        self.rank, self.world_size = rank, world_size
-        self.generator = torch.Generator().manual_seed(seed)
+        self.context_len = context_len
+        self._new_epoch()
+
+    def _epoch_starts(self) -> torch.Tensor:
+        import torch
+
+        order = torch.randperm(len(self.conversation_starts), generator=self.generator)
+        return torch.from_numpy(self.conversation_starts[order.numpy()].astype(np.int64))
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        every = torch.randint(
-            len(self.starts), (self.batch_size * self.world_size,), generator=self.generator
-        )
-        picks = every[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         span = self.context_len + 1
         ids = np.zeros((self.batch_size, span), np.int64)
         learn = np.zeros((self.batch_size, span), bool)
-        for row, pick in enumerate(picks.tolist()):
-            start = int(self.starts[pick])
+        for row, start in enumerate(self._take()):
             window = self.tokens[start : start + span]
             ids[row, : len(window)] = window
             learn[row, : len(window)] = self.mask[start : start + span] == 1
         targets = np.where(learn[:, 1:], ids[:, 1:], -100)
         return torch.from_numpy(ids[:, :-1].copy()), torch.from_numpy(targets)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
