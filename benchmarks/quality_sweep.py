@@ -129,6 +129,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # In bf16 autocast (a processor with AVX512-BF16): Muon's orthogonalization in fp32 (as
     # before 2026-12-07) against bf16, the training precision (the default from then).
     "bf16, muon in fp32": {"dtype": "bfloat16", "_patch": "ns_fp32"},
+    # Rows of "bf16" (the default, in bf16) ran before the embedding's decay went to 3x and
+    # Muon's momentum to a warmup (the fourth session); "bf16 + embedding decay 0.3 + muon
+    # momentum warmup" is the default since, by patches on the code before it.
     "bf16": {"dtype": "bfloat16"},
     # On top of the default with beta2 0.999 (Δ against "bf16"): does AdamW's optimum move?
     "bf16 + adam beta2 0.9999": {"dtype": "bfloat16", "beta2": 0.9999},
@@ -136,7 +139,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bf16 + adam beta1 0.95": {"dtype": "bfloat16", "beta1": 0.95},
     "bf16 + embedding rms-normed": {"dtype": "bfloat16", "_patch": "embedding_norm"},
     "bf16 + no decay on the embedding": {"dtype": "bfloat16", "_patch": "embedding_no_decay"},
+    "bf16 + embedding decay 0.3": {"dtype": "bfloat16", "_patch": "embedding_decay_03"},
+    "bf16 + embedding decay 1.0": {"dtype": "bfloat16", "_patch": "embedding_decay_1"},
+    "bf16 + embedding decay 0.3 + muon momentum warmup": {
+        "dtype": "bfloat16",
+        "_patch": "embedding_decay_03_momentum_warmup",
+    },
     "bf16 + muon momentum warmup": {"dtype": "bfloat16", "_patch": "momentum_warmup"},
+    "bf16 + context 128 x batch 32": {"dtype": "bfloat16", "context_len": 128, "batch_size": 32},
+    "bf16 + batch 8 for the first 400 steps": {"dtype": "bfloat16", "_patch": "batch_ramp_400"},
 }
 
 
@@ -430,26 +441,20 @@ def _patch_embedding_norm() -> Callable[[], None]:
     return lambda: setattr(model.GPT, "__init__", init)
 
 
-def _patch_embedding_no_decay() -> Callable[[], None]:
-    """No weight decay on the (tied) embedding under Muon; the hidden matrices keep theirs."""
-    from slm.training import muon
+def _patch_embedding_decay(decay: float) -> Callable[[], None]:
+    """Weight decay `decay` on the (tied) embedding under Muon instead of --weight-decay's
+    0.1; the hidden matrices keep theirs."""
+    from slm.training import muon, optimizer
 
     groups = muon.muon_groups
 
     def new_groups(*args: Any, **kwargs: Any) -> list:
         result = groups(*args, **kwargs)
-        result[1]["weight_decay"] = 0.0  # hidden, embedding, gains
+        result[1]["weight_decay"] = decay  # hidden, embedding, gains
         return result
 
-    muon.muon_groups = new_groups
-    from slm.training import optimizer
-
-    optimizer.muon_groups = new_groups
-
-    def undo() -> None:
-        muon.muon_groups = optimizer.muon_groups = groups
-
-    return undo
+    optimizer.muon_groups = new_groups  # the name make_optimizer calls
+    return lambda: setattr(optimizer, "muon_groups", groups)
 
 
 def _patch_momentum_warmup() -> Callable[[], None]:
@@ -469,9 +474,49 @@ def _patch_momentum_warmup() -> Callable[[], None]:
     return lambda: setattr(muon.Muon, "step", step)
 
 
+def _patch_batch_ramp(steps: int) -> Callable[[], None]:
+    """For the first `steps` steps, each step is two updates of half the batch: as many
+    tokens a step (so the budget and the schedule stay as they are), twice the updates while
+    the model is far from a minimum and a small batch's noise costs little."""
+    from slm.training import loop
+
+    torch._dynamo.config.automatic_dynamic_shapes = False  # a static graph per batch size
+    step = loop.Run._step
+
+    def new_step(self: Any, lr: float) -> float:
+        if self.step >= steps:
+            return step(self, lr)
+        full = self.sampler.batch_size
+        self.sampler.batch_size = full // 2
+        try:
+            return (step(self, lr) + step(self, lr)) / 2
+        finally:
+            self.sampler.batch_size = full
+
+    loop.Run._step = new_step
+    return lambda: setattr(loop.Run, "_step", step)
+
+
+def _patches(*patches: Callable[[], Callable[[], None]]) -> Callable[[], None]:
+    """Several patches at once; undone in reverse order."""
+    undos = [patch() for patch in patches]
+
+    def undo() -> None:
+        for each in reversed(undos):
+            each()
+
+    return undo
+
+
 PATCHES = {
+    "batch_ramp_400": partial(_patch_batch_ramp, 400),
     "embedding_norm": _patch_embedding_norm,
-    "embedding_no_decay": _patch_embedding_no_decay,
+    "embedding_no_decay": partial(_patch_embedding_decay, 0.0),
+    "embedding_decay_03": partial(_patch_embedding_decay, 0.3),
+    "embedding_decay_1": partial(_patch_embedding_decay, 1.0),
+    "embedding_decay_03_momentum_warmup": partial(
+        _patches, partial(_patch_embedding_decay, 0.3), _patch_momentum_warmup
+    ),
     "momentum_warmup": _patch_momentum_warmup,
     "qk_gains": _patch_qk_gains,
     "split_blocks": _patch_split_blocks,
