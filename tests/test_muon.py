@@ -12,7 +12,8 @@ import torch
 
 from slm import checkpoint
 from slm.training.loop import TrainRequest, train
-from slm.training.muon import Muon, muon_groups, orthogonalize
+from slm.training.muon import EMBEDDING_DECAY_SCALE, Muon, muon_groups, orthogonalize
+from slm.training.schedule import muon_momentum_at
 
 FAST = {"threads": 1, "compile": "off", "sample_tokens": 0, "batch_size": 8, "eval_every": 10}
 
@@ -82,6 +83,8 @@ def test_groups_put_the_hidden_matrices_under_muon_and_the_rest_under_adamw() ->
     assert hidden["muon"] and hidden["lr_scale"] == pytest.approx(10)
     # the same shrink a step as AdamW's matrices: lr x decay
     assert hidden["lr_scale"] * 2e-3 * hidden["weight_decay"] == pytest.approx(2e-3 * 0.1)
+    assert embedding["weight_decay"] == pytest.approx(0.1 * EMBEDDING_DECAY_SCALE)
+    assert EMBEDDING_DECAY_SCALE > 1  # the embedding decays faster than the hidden matrices
     n_params = sum(len(g["params"]) for g in (hidden, embedding, gains))
     assert n_params == len(list(model.parameters()))
 
@@ -108,6 +111,8 @@ def test_a_muon_run_learns_and_uses_its_own_rate(prepared, tmp_path) -> None:
     settings = json.loads((run_dir / "train_config.json").read_text())
     ratio = settings["muon_lr"] / settings["lr"]  # lr 0 was resolved to Muon's default
     assert settings["lr"] > 0 and groups[0]["lr"] == pytest.approx(ratio * groups[1]["lr"])
+    # The momentum follows its warmup: set for the 60th step (index 59), 0.87 of 0.85 -> 0.95.
+    assert groups[0]["momentum"] == pytest.approx(muon_momentum_at(59)) == pytest.approx(0.87)
 
 
 def test_a_resumed_muon_run_ends_where_an_uninterrupted_one_does(prepared, tmp_path) -> None:

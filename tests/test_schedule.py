@@ -8,7 +8,15 @@ import math
 import pytest
 
 from slm.config import ModelConfig, TrainConfig, preset
-from slm.training.schedule import lr_at, plan_budget
+from slm.training.schedule import lr_at, muon_momentum_at, plan_budget
+
+
+def test_muon_momentum_rises_from_085_to_095_over_300_steps():
+    curve = [muon_momentum_at(step) for step in range(400)]
+    assert curve[0] == pytest.approx(0.85 + 0.1 / 300)
+    assert curve[149] == pytest.approx(0.90)
+    assert curve[299] == pytest.approx(0.95) and set(curve[299:]) == {curve[299]}
+    assert all(a < b for a, b in itertools.pairwise(curve[:300]))
 
 
 def test_cosine_warms_up_then_decays_to_the_floor():

@@ -44,7 +44,7 @@ from slm.training.metrics import PLOT_FILE, MetricsLog, plot_losses
 from slm.training.optimizer import make_loss_fn, make_optimizer, want_compile
 from slm.training.progress import Log, TrainProgress, quiet
 from slm.training.run_folder import RunGuard
-from slm.training.schedule import lr_at, plan_budget
+from slm.training.schedule import lr_at, muon_momentum_at, plan_budget
 from slm.training.setup import RunParts, TrainRequest, follower_run, new_run, resume_run
 from slm.training.stop import StopRequest
 
@@ -343,6 +343,8 @@ class Run:
     def _step(self, lr: float) -> float:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's matrices have their own
+            if group.get("muon"):
+                group["momentum"] = muon_momentum_at(self.step)
         total = 0.0
         accum = self.budget.accum_steps
         for micro in range(accum):

@@ -125,11 +125,20 @@ class Muon(torch.optim.Optimizer):
         p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1**t))
 
 
+# Under Muon the embedding (also the output head) decays this many times as fast as the
+# hidden matrices: AdamW's steps on it are large beside its small entries, and a corpus seen
+# over several epochs lets its rows grow to fit the training text. 3x gave 0.005-0.014 bits
+# per byte at 5 M tokens over two seeds, 10x less, no decay on it lost 0.008
+# (benchmarks/README.md, "A fourth session").
+EMBEDDING_DECAY_SCALE = 3.0
+
+
 def muon_groups(model: torch.nn.Module, lr: float, muon_lr: float, weight_decay: float) -> list:
     """The hidden matrices under Muon (at `muon_lr`), the embedding and gains under AdamW.
 
     Weight decay applies to every matrix, as with plain AdamW, and not to the gains; the
-    hidden matrices shrink by the same factor a step as under AdamW (decay x AdamW's rate).
+    hidden matrices shrink by the same factor a step as under AdamW (decay x AdamW's rate),
+    the embedding by `EMBEDDING_DECAY_SCALE` times that.
     """
     hidden = [p for name, p in model.named_parameters() if p.dim() >= 2 and "layers." in name]
     embedding = [
@@ -143,6 +152,11 @@ def muon_groups(model: torch.nn.Module, lr: float, muon_lr: float, weight_decay:
             "lr_scale": muon_lr / lr,
             "weight_decay": weight_decay * lr / muon_lr,
         },
-        {"params": embedding, "muon": False, "lr_scale": 1.0, "weight_decay": weight_decay},
+        {
+            "params": embedding,
+            "muon": False,
+            "lr_scale": 1.0,
+            "weight_decay": weight_decay * EMBEDDING_DECAY_SCALE,
+        },
         {"params": gains, "muon": False, "lr_scale": 1.0, "weight_decay": 0.0},
     ]
