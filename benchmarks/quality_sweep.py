@@ -145,6 +145,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "dtype": "bfloat16",
         "_patch": "embedding_decay_03_momentum_warmup",
     },
+    # On top of the fourth session's default (the code since it, no patch for what it kept).
+    "bf16 + hidden matrices' decay 0.05, embedding's 0.3": {
+        "dtype": "bfloat16",
+        "weight_decay": 0.05,
+        "_patch": "embedding_decay_03",
+    },
     "bf16 + muon momentum warmup": {"dtype": "bfloat16", "_patch": "momentum_warmup"},
     "bf16 + context 128 x batch 32": {"dtype": "bfloat16", "context_len": 128, "batch_size": 32},
     "bf16 + batch 8 for the first 400 steps": {"dtype": "bfloat16", "_patch": "batch_ramp_400"},
