@@ -146,6 +146,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "_patch": "embedding_decay_03_momentum_warmup",
     },
     # On top of the fourth session's default (the code since it, no patch for what it kept).
+    "bf16 + embedding's decay 0.5 instead of 0.3": {
+        "dtype": "bfloat16",
+        "_patch": "embedding_decay_05",
+    },
     "bf16 + hidden matrices' decay 0.05, embedding's 0.3": {
         "dtype": "bfloat16",
         "weight_decay": 0.05,
@@ -520,6 +524,7 @@ PATCHES = {
     "embedding_no_decay": partial(_patch_embedding_decay, 0.0),
     "embedding_decay_03": partial(_patch_embedding_decay, 0.3),
     "embedding_decay_1": partial(_patch_embedding_decay, 1.0),
+    "embedding_decay_05": partial(_patch_embedding_decay, 0.5),
     "embedding_decay_03_momentum_warmup": partial(
         _patches, partial(_patch_embedding_decay, 0.3), _patch_momentum_warmup
     ),
