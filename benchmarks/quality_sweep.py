@@ -490,6 +490,7 @@ def _patch_batch_ramp(steps: int) -> Callable[[], None]:
     the model is far from a minimum and a small batch's noise costs little."""
     from slm.training import loop
 
+    dynamic = torch._dynamo.config.automatic_dynamic_shapes
     torch._dynamo.config.automatic_dynamic_shapes = False  # a static graph per batch size
     step = loop.Run._step
 
@@ -504,7 +505,12 @@ def _patch_batch_ramp(steps: int) -> Callable[[], None]:
             self.sampler.batch_size = full
 
     loop.Run._step = new_step
-    return lambda: setattr(loop.Run, "_step", step)
+
+    def undo() -> None:
+        loop.Run._step = step
+        torch._dynamo.config.automatic_dynamic_shapes = dynamic
+
+    return undo
 
 
 def _patches(*patches: Callable[[], Callable[[], None]]) -> Callable[[], None]:
