@@ -158,6 +158,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bf16 + muon momentum warmup": {"dtype": "bfloat16", "_patch": "momentum_warmup"},
     "bf16 + context 128 x batch 32": {"dtype": "bfloat16", "context_len": 128, "batch_size": 32},
     "bf16 + batch 8 for the first 400 steps": {"dtype": "bfloat16", "_patch": "batch_ramp_400"},
+    # A fifth session, on top of the fourth's default.
+    "bf16 + normuon": {"dtype": "bfloat16", "_patch": "normuon"},
+    "bf16 + cautious weight decay": {"dtype": "bfloat16", "_patch": "cautious_decay"},
+    "bf16 + no gradient clipping": {"dtype": "bfloat16", "grad_clip": 0.0},
+    "bf16 + muon momentum warmup over 600 steps": {
+        "dtype": "bfloat16",
+        "_patch": "momentum_warmup_600",
+    },
+    "bf16 + muon momentum from 0.75": {"dtype": "bfloat16", "_patch": "momentum_from_075"},
+    # As many weights in three layers as in four: the MLP 768 wide instead of 512.
+    "bf16 + 3 layers, mlp 768": {"dtype": "bfloat16", "n_layers": 3, "d_ff": 768},
+    "bf16 + weight decay 0.15": {"dtype": "bfloat16", "weight_decay": 0.15},
+    # One key/value head for the three query heads; the weights saved go to the MLP.
+    "bf16 + 1 key/value head, mlp 608": {"dtype": "bfloat16", "n_kv_heads": 1, "d_ff": 608},
 }
 
 
@@ -513,6 +527,115 @@ def _patch_batch_ramp(steps: int) -> Callable[[], None]:
     return undo
 
 
+def _patch_normuon(beta2: float = 0.95) -> Callable[[], None]:
+    """After the orthogonalization, each output row of the update is divided by the root of
+    a running mean of its own squares (one number a row, an Adam second moment per neuron),
+    then the whole update is scaled back to the orthogonal one's size. A tall matrix's
+    orthogonal update gives its rows unequal sizes; this evens them out over time."""
+    from slm.training import muon
+
+    muon_step = muon.Muon._muon
+
+    def new_muon(self: Any, params: list[torch.Tensor], group: dict[str, Any]) -> None:
+        by_shape: dict[torch.Size, list[torch.Tensor]] = {}
+        for p in params:
+            by_shape.setdefault(p.shape, []).append(p)
+        for shape, same in by_shape.items():
+            updates = [self.nesterov_update(p, group["momentum"]) for p in same]
+            orthogonal = muon.orthogonalize(torch.stack(updates).to(self.ns_dtype)).float()
+            scale = muon.update_scale(shape[0], shape[1])
+            for p, update in zip(same, orthogonal, strict=True):
+                state = self.state[p]
+                rows = update.square().mean(dim=1, keepdim=True)
+                if "row_sq" not in state:
+                    state["row_sq"] = torch.zeros_like(rows)
+                    state["row_steps"] = 0
+                state["row_sq"].lerp_(rows, 1 - beta2)
+                state["row_steps"] += 1
+                second = state["row_sq"] / (1 - beta2 ** state["row_steps"])
+                normed = update / (second.sqrt() + 1e-8)
+                normed.mul_(update.norm() / normed.norm().clamp_min(1e-12))
+                p.add_(normed.to(p.dtype), alpha=-group["lr"] * scale)
+
+    muon.Muon._muon = new_muon
+    return lambda: setattr(muon.Muon, "_muon", muon_step)
+
+
+def _patch_cautious_decay() -> Callable[[], None]:
+    """Weight decay only where it and the step pull the same way: an entry shrinks when its
+    update also moves it towards zero, and is left alone when the gradient wants it larger."""
+    from slm.training import muon
+
+    step = muon.Muon.step
+    muon_step = muon.Muon._muon
+    adamw_step = muon.Muon._adamw
+
+    def cautious(p: torch.Tensor, update: torch.Tensor, group: dict[str, Any]) -> None:
+        if group["weight_decay"]:
+            agree = (p * update) > 0  # p -= lr * update shrinks |p| here
+            p.sub_(p * agree, alpha=group["lr"] * group["weight_decay"])
+
+    @torch.no_grad()
+    def new_step(self: Any, closure: Any = None) -> None:
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if group["muon"]:
+                self._muon(params, group)
+            else:
+                for p in params:
+                    self._adamw(p, group)
+
+    def new_muon(self: Any, params: list[torch.Tensor], group: dict[str, Any]) -> None:
+        by_shape: dict[torch.Size, list[torch.Tensor]] = {}
+        for p in params:
+            by_shape.setdefault(p.shape, []).append(p)
+        for shape, same in by_shape.items():
+            updates = [self.nesterov_update(p, group["momentum"]) for p in same]
+            orthogonal = muon.orthogonalize(torch.stack(updates).to(self.ns_dtype))
+            scale = muon.update_scale(shape[0], shape[1])
+            for p, update in zip(same, orthogonal, strict=True):
+                update = update.to(p.dtype)
+                cautious(p, update, group)
+                p.add_(update, alpha=-group["lr"] * scale)
+
+    def new_adamw(self: Any, p: torch.Tensor, group: dict[str, Any]) -> None:
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        beta1, beta2 = group["betas"]
+        state["step"] += 1
+        t = float(state["step"])
+        state["exp_avg"].lerp_(p.grad, 1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+        denom = (state["exp_avg_sq"] / (1 - beta2**t)).sqrt_().add_(group["eps"])
+        update = state["exp_avg"] / denom / (1 - beta1**t)
+        cautious(p, update, group)
+        p.sub_(update, alpha=group["lr"])
+
+    muon.Muon.step, muon.Muon._muon, muon.Muon._adamw = new_step, new_muon, new_adamw
+
+    def undo() -> None:
+        muon.Muon.step, muon.Muon._muon, muon.Muon._adamw = step, muon_step, adamw_step
+
+    return undo
+
+
+def _patch_momentum_schedule(start: float, steps: int) -> Callable[[], None]:
+    """Muon's momentum warmup from `start` (instead of 0.85) over `steps` steps (instead of
+    300), to 0.95 as before."""
+    from slm.training import schedule
+
+    before = schedule.MUON_MOMENTUM, schedule.MUON_MOMENTUM_WARMUP
+    schedule.MUON_MOMENTUM, schedule.MUON_MOMENTUM_WARMUP = (start, 0.95), steps
+
+    def undo() -> None:
+        schedule.MUON_MOMENTUM, schedule.MUON_MOMENTUM_WARMUP = before
+
+    return undo
+
+
 def _patches(*patches: Callable[[], Callable[[], None]]) -> Callable[[], None]:
     """Several patches at once; undone in reverse order."""
     undos = [patch() for patch in patches]
@@ -525,6 +648,10 @@ def _patches(*patches: Callable[[], Callable[[], None]]) -> Callable[[], None]:
 
 
 PATCHES = {
+    "momentum_warmup_600": partial(_patch_momentum_schedule, 0.85, 600),
+    "momentum_from_075": partial(_patch_momentum_schedule, 0.75, 300),
+    "normuon": _patch_normuon,
+    "cautious_decay": _patch_cautious_decay,
     "batch_ramp_400": partial(_patch_batch_ramp, 400),
     "embedding_norm": _patch_embedding_norm,
     "embedding_no_decay": partial(_patch_embedding_decay, 0.0),
