@@ -86,6 +86,10 @@ def test_a_time_budget_counts_from_when_steps_began_to_flow():
         cfg.lr * cfg.min_lr_ratio, abs=0.005 * cfg.lr
     )
     assert not budget.done(999, 299.9) and budget.done(999, 300.0)
+    # time kept back for the run's end: the schedule ends that much earlier, and so do steps
+    assert budget.progress(999, 295.0, startup, reserve_s=5.0) == pytest.approx(1.0)
+    assert budget.progress(999, 290.0, startup, reserve_s=5.0) < 1.0
+    assert budget.done(999, 295.0, reserve_s=5.0) and not budget.done(999, 294.9, reserve_s=5.0)
 
 
 def test_a_run_saved_before_the_schedule_setting_resumes_with_its_cosine(

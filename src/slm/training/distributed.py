@@ -108,19 +108,24 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
-def step_verdict(loss: float, stop: bool, elapsed_s: float, d: Dist) -> tuple[float, bool, float]:
-    """(mean loss over ranks, whether any rank must stop, rank 0's elapsed seconds)."""
+def step_verdict(
+    loss: float, stop: bool, elapsed_s: float, reserve_s: float, d: Dist
+) -> tuple[float, bool, float, float]:
+    """(mean loss over ranks, whether any rank must stop, rank 0's elapsed seconds and the
+    time rank 0 keeps back for the run's end): every rank ends at the same step."""
     if not d.enabled:
-        return loss, stop, elapsed_s
+        return loss, stop, elapsed_s, reserve_s
     import torch.distributed as dist
 
+    main = 1.0 if d.is_main else 0.0
     values = torch.tensor(
-        [loss / d.world_size, float(stop), elapsed_s if d.is_main else 0.0], dtype=torch.float64
+        [loss / d.world_size, float(stop), elapsed_s * main, reserve_s * main],
+        dtype=torch.float64,
     )
     if dist.get_backend() == "nccl":
         values = values.cuda()
     dist.all_reduce(values)  # one small message a step; gloo and NCCL both sum float64
-    return float(values[0]), bool(values[1] > 0), float(values[2])
+    return float(values[0]), bool(values[1] > 0), float(values[2]), float(values[3])
 
 
 def wrap(model: torch.nn.Module, device: torch.device, d: Dist) -> torch.nn.Module:

@@ -64,6 +64,30 @@ class TrainResult:
     stop_signal: str = ""  # "SIGINT" or "SIGTERM" when a signal stopped the run
 
 
+@dataclass
+class EndCost:
+    """What the end of a run takes, measured as the run goes, for a time budget to keep back.
+
+    The end is the final evaluation (with its sample), the save and plot, then a sample four
+    times as long. A periodic evaluation does all that but the longer sample, so its time
+    stands for the end's; before the first one, an evaluation is taken to cost a third of
+    training on as many tokens (a forward pass without the backward's two matrix products
+    for each of its one: seed-2.5m's 65,536 tokens take 2.5 s against 7 s of training).
+    """
+
+    step_s: float = 0.0  # the last step (the first, mostly compilation, is left out)
+    evaluation_s: float | None = None  # the last evaluation with its sample, plot and save
+    plot_s: float = 0.0
+    sample_token_s: float = 0.0  # a sampled token
+
+    def seconds(self, eval_steps: float, sample_tokens: int) -> float:
+        """One more step, then the run's end; `eval_steps`: an evaluation in training steps."""
+        evaluation = self.evaluation_s
+        if evaluation is None:
+            evaluation = self.step_s * eval_steps / 3 if eval_steps != float("inf") else 0.0
+        return self.step_s + evaluation + self.plot_s + 3 * sample_tokens * self.sample_token_s
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -76,6 +100,7 @@ def train(
     loop's events (steps, evaluations), by default passed to `log` as plain lines. Under
     torchrun, rank 0 sets the run up and reports; the other ranks follow it.
     """
+    started = time.perf_counter()  # --max-time covers the whole command, set-up included
     d = distributed.start(str(request.overrides.get("device", "auto")))
     try:
         if not d.is_main:
@@ -91,7 +116,7 @@ def train(
                 raise
             resumed = parts.state is not None
             distributed.broadcast((str(parts.run_dir), parts.cfg.to_dict(), resumed), d)
-            run = Run(parts, log, d)
+            run = Run(parts, log, d, started)
             run.progress = progress or TrainProgress(log)
             try:
                 return run.loop()
@@ -130,7 +155,9 @@ class _NoMetrics:
 class Run:
     """One training run's moving parts; `loop()` runs it to the end of its budget."""
 
-    def __init__(self, parts: RunParts, log: Log, dist: Dist | None = None):
+    def __init__(
+        self, parts: RunParts, log: Log, dist: Dist | None = None, started: float | None = None
+    ):
         run_dir, data, model, cfg, state = (
             parts.run_dir,
             parts.data,
@@ -186,6 +213,11 @@ class Run:
         self.progress = TrainProgress(log)
         self.step, self.tokens, self.elapsed_s = 0, 0, 0.0
         self.startup_s = 0.0  # time to the end of the first step (compilation): not training
+        # The clock of a time budget starts when training was asked for: preparing the data
+        # and building the model count against --max-time, as they do for the user waiting.
+        self.started = time.perf_counter() if started is None else started
+        self.end = EndCost()
+        self.reserve_s = 0.0  # what the time budget keeps back for the run's end (rank 0's)
         self.last_val: EvalResult | None = None
         if state is not None:
             self._load_state(state)
@@ -245,7 +277,7 @@ class Run:
         finally:
             self.progress.close()
         if self.dist.is_main:
-            plot_losses(self.metrics.records, self.run_dir / PLOT_FILE)
+            self.plot()
         interrupted = ended == "interrupted"
         wants_sample = self.cfg.sample_tokens > 0 and not interrupted and self.dist.is_main
         sample = self.sample_text(self.cfg.sample_tokens * 4) if wants_sample else ""
@@ -260,21 +292,26 @@ class Run:
             parse_every(self.cfg.save_every) if self.cfg.save_every else ("eval", 0)
         )
         last_save_s = self.elapsed_s
-        start = time.perf_counter() - self.elapsed_s
-        while not self.budget.done(self.step, self.elapsed_s):
+        start = self.started - self.elapsed_s
+        while not self.budget.done(self.step, self.elapsed_s, self.reserve_s):
             t0 = time.perf_counter()
-            progress = self.budget.progress(self.step, self.elapsed_s, self.startup_s)
+            progress = self.budget.progress(
+                self.step, self.elapsed_s, self.startup_s, self.reserve_s
+            )
             lr = lr_at(self.step, progress, self.cfg, self.budget.warmup_steps)
             loss = self.train_step(lr)
             self.step += 1
             self.tokens += self.budget.tokens_per_step
             # One verdict for all ranks: the mean loss, any stop request, rank 0's clock.
-            loss, stop_now, self.elapsed_s = distributed.step_verdict(
-                loss, stop.requested, time.perf_counter() - start, self.dist
+            loss, stop_now, self.elapsed_s, self.reserve_s = distributed.step_verdict(
+                loss, stop.requested, time.perf_counter() - start, self._reserve_s(), self.dist
             )
             if self.step == 1:
                 self.startup_s = self.elapsed_s
-            tokens_per_s = self.budget.tokens_per_step / max(time.perf_counter() - t0, 1e-9)
+            step_s = time.perf_counter() - t0
+            if self.step > 1:  # the first step's time is mostly compilation
+                self.end.step_s = step_s
+            tokens_per_s = self.budget.tokens_per_step / max(step_s, 1e-9)
             record = {
                 "step": self.step,
                 "tokens": self.tokens,
@@ -283,12 +320,17 @@ class Run:
                 "tokens_per_s": round(tokens_per_s, 1),
                 "elapsed_s": round(self.elapsed_s, 3),
             }
-            final = self.budget.done(self.step, self.elapsed_s)
-            if self.step % self.cfg.eval_every == 0 or final:
+            evaluating = self.step % self.cfg.eval_every == 0
+            # An evaluation due now takes as long as the end's: there must be room for both,
+            # or this one is the end.
+            reserve_s = self.reserve_s * (2 if evaluating else 1)
+            final = self.budget.done(self.step, self.elapsed_s, reserve_s)
+            evaluated_at = time.perf_counter()
+            if evaluating or final:
                 record.update(self.evaluate())
             self.metrics.append(record)
             if "val_loss" in record and self.dist.is_main:
-                plot_losses(self.metrics.records, self.run_dir / PLOT_FILE)
+                self.plot()
             self.progress.advance(self.budget, self.step, self.elapsed_s, loss, lr, tokens_per_s)
             due = (
                 (save_kind == "eval" and "val_loss" in record)
@@ -297,6 +339,8 @@ class Run:
             )
             if (due or final) and self.dist.is_main:
                 self.save()
+            if "val_loss" in record:
+                self.end.evaluation_s = time.perf_counter() - evaluated_at
             if due or final:
                 last_save_s = self.elapsed_s
             if final:
@@ -306,6 +350,15 @@ class Run:
             if self.cfg.stop_after and self.step >= self.cfg.stop_after:
                 return "stopped"
         return "done"
+
+    def _reserve_s(self) -> float:
+        """Seconds a time budget keeps back for one more step and the run's end."""
+        if not self.budget.max_time_s:
+            return 0.0
+        eval_steps = len(self.eval_windows) * self.model_cfg.context_len
+        eval_steps /= self.budget.tokens_per_step if len(self.val_tokens) >= 2 else float("inf")
+        reserve = self.end.seconds(eval_steps, self.cfg.sample_tokens)
+        return min(reserve, 0.5 * self.budget.max_time_s)
 
     def train_step(self, lr: float) -> float:
         """One optimizer step; out of memory, it halves the micro-batch and tries again.
@@ -393,11 +446,17 @@ class Run:
         self.progress.write(line)
         return {"val_loss": result.loss, "val_bpb": result.bpb}
 
+    def plot(self) -> None:
+        started = time.perf_counter()
+        plot_losses(self.metrics.records, self.run_dir / PLOT_FILE)
+        self.end.plot_s = time.perf_counter() - started
+
     def sample_text(self, max_new_tokens: int) -> str:
         """A short continuation of <|endoftext|>, to watch the model learn."""
         from slm.generation.generation import generate_text
 
-        return generate_text(
+        started = time.perf_counter()
+        text = generate_text(
             self.model,
             self.tokenizer,
             "",
@@ -407,6 +466,8 @@ class Run:
             seed=self.cfg.seed,
             device=self.device,
         )
+        self.end.sample_token_s = (time.perf_counter() - started) / max(1, max_new_tokens)
+        return text
 
     def save(self) -> None:
         """Weights and train state, written side by side and renamed into place together."""

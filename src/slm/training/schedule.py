@@ -69,21 +69,27 @@ class Budget:
     tokens_per_step: int
     warmup_steps: int
 
-    def progress(self, step: int, elapsed_s: float, startup_s: float = 0.0) -> float:
+    def progress(
+        self, step: int, elapsed_s: float, startup_s: float = 0.0, reserve_s: float = 0.0
+    ) -> float:
         """The share of the budget spent. A time budget counts from `startup_s`, when steps
         began to flow: the first step's compilation (15-50 s on a CPU) is not training, and
-        a schedule that counted it would skip its warmup and decay too early."""
+        a schedule that counted it would skip its warmup and decay too early. It ends
+        `reserve_s` before the budget does: the time the run's end takes (`done`)."""
         by_steps = step / self.total_steps if self.total_steps else 0.0
         by_time = 0.0
         if self.max_time_s:
-            startup_s = min(startup_s, 0.9 * self.max_time_s)  # a budget all startup: plain time
-            by_time = max(0.0, elapsed_s - startup_s) / (self.max_time_s - startup_s)
+            end_s = self.max_time_s - reserve_s
+            startup_s = min(startup_s, 0.9 * end_s)  # a budget all startup: plain time
+            by_time = max(0.0, elapsed_s - startup_s) / (end_s - startup_s)
         return max(by_steps, by_time)
 
-    def done(self, step: int, elapsed_s: float) -> bool:
-        """Steps, or the whole wall-clock budget (startup included), are spent."""
+    def done(self, step: int, elapsed_s: float, reserve_s: float = 0.0) -> bool:
+        """Steps are spent, or the wall-clock budget (startup included) would be by what
+        still has to run: `reserve_s`, the next step and the run's final evaluation and save,
+        so that the whole command ends within --max-time."""
         by_steps = self.total_steps and step >= self.total_steps
-        return bool(by_steps or (self.max_time_s and elapsed_s >= self.max_time_s))
+        return bool(by_steps or (self.max_time_s and elapsed_s + reserve_s >= self.max_time_s))
 
 
 def plan_budget(
