@@ -99,7 +99,10 @@ _TRAIN_HELP = {
     "warmup_steps": "linear warmup steps",
     "max_steps": "stop after this many optimizer steps",
     "max_tokens": "stop after this many training tokens",
-    "max_time": "wall-clock budget such as 10m; the schedule is fitted to it",
+    "max_time": (
+        "wall-clock budget such as 10m for the whole command, set-up and final evaluation "
+        "included; the schedule is fitted to it"
+    ),
     "epochs": "passes over the training tokens",
     "stop_after": "stop with a checkpoint after N steps of a longer schedule",
     "eval_every": "evaluate every N steps",
