@@ -170,8 +170,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # As many weights in three layers as in four: the MLP 768 wide instead of 512.
     "bf16 + 3 layers, mlp 768": {"dtype": "bfloat16", "n_layers": 3, "d_ff": 768},
     "bf16 + weight decay 0.15": {"dtype": "bfloat16", "weight_decay": 0.15},
+    "bf16 + weight decay 0.2": {"dtype": "bfloat16", "weight_decay": 0.2},
     # One key/value head for the three query heads; the weights saved go to the MLP.
     "bf16 + 1 key/value head, mlp 608": {"dtype": "bfloat16", "n_kv_heads": 1, "d_ff": 608},
+    "bf16 + norm gains held at one": {"dtype": "bfloat16", "_patch": "gains_frozen"},
+    "bf16 + norm gains at a third of the rate": {"dtype": "bfloat16", "_patch": "gains_third"},
+    "bf16 + norm gains held at one, embedding's decay 0.1": {
+        "dtype": "bfloat16",
+        "_patch": "gains_frozen_embedding_decay_01",
+    },
 }
 
 
@@ -636,6 +643,25 @@ def _patch_momentum_schedule(start: float, steps: int) -> Callable[[], None]:
     return undo
 
 
+def _patch_gains_rate(scale: float, embedding_decay: float | None = None) -> Callable[[], None]:
+    """The norm gains under Muon's AdamW at `scale` times its rate (0: held at one, as a norm
+    without a gain; the export still writes them, all ones); the embedding's decay at
+    `embedding_decay` where given."""
+    from slm.training import muon, optimizer
+
+    groups = muon.muon_groups
+
+    def new_groups(*args: Any, **kwargs: Any) -> list:
+        result = groups(*args, **kwargs)
+        result[2]["lr_scale"] = scale  # hidden, embedding, gains
+        if embedding_decay is not None:
+            result[1]["weight_decay"] = embedding_decay
+        return result
+
+    optimizer.muon_groups = new_groups  # the name make_optimizer calls
+    return lambda: setattr(optimizer, "muon_groups", groups)
+
+
 def _patches(*patches: Callable[[], Callable[[], None]]) -> Callable[[], None]:
     """Several patches at once; undone in reverse order."""
     undos = [patch() for patch in patches]
@@ -648,6 +674,9 @@ def _patches(*patches: Callable[[], Callable[[], None]]) -> Callable[[], None]:
 
 
 PATCHES = {
+    "gains_frozen_embedding_decay_01": partial(_patch_gains_rate, 0.0, 0.1),
+    "gains_frozen": partial(_patch_gains_rate, 0.0),
+    "gains_third": partial(_patch_gains_rate, 1 / 3),
     "momentum_warmup_600": partial(_patch_momentum_schedule, 0.85, 600),
     "momentum_from_075": partial(_patch_momentum_schedule, 0.75, 300),
     "normuon": _patch_normuon,
