@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,6 +104,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    started = time.perf_counter()  # before torch loads: --max-time is the user's whole wait
     from slm.cli.progress import TerminalProgress
     from slm.training.loop import TrainRequest, train
 
@@ -117,6 +119,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         vocab_size=args.vocab_size,
         init_from=overrides.pop("init_from", None),
         overrides=overrides,
+        started=started,
     )
     result = train(request, log=_log, progress=TerminalProgress(_log))
     if result.sample:

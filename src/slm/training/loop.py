@@ -100,7 +100,8 @@ def train(
     loop's events (steps, evaluations), by default passed to `log` as plain lines. Under
     torchrun, rank 0 sets the run up and reports; the other ranks follow it.
     """
-    started = time.perf_counter()  # --max-time covers the whole command, set-up included
+    # --max-time covers the whole command, set-up included
+    started = time.perf_counter() if request.started is None else request.started
     d = distributed.start(str(request.overrides.get("device", "auto")))
     try:
         if not d.is_main:

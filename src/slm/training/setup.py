@@ -68,6 +68,7 @@ class TrainRequest:
     vocab_size: int | None = None
     init_from: str | None = None  # a model folder to start from (fine-tuning)
     overrides: dict[str, Any] = field(default_factory=dict)
+    started: float | None = None  # time.perf_counter() when asked; a --max-time counts from it
 
 
 @dataclass
