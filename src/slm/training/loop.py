@@ -71,8 +71,7 @@ class EndCost:
     The end is the final evaluation (with its sample), the save and plot, then a sample four
     times as long. A periodic evaluation does all that but the longer sample, so its time
     stands for the end's; before the first one, an evaluation is taken to cost a third of
-    training on as many tokens (a forward pass without the backward's two matrix products
-    for each of its one: seed-2.5m's 65,536 tokens take 2.5 s against 7 s of training).
+    training on as many tokens: a forward pass, without the backward that costs twice it.
     """
 
     step_s: float = 0.0  # the last step (the first, mostly compilation, is left out)
@@ -84,7 +83,7 @@ class EndCost:
         """One more step, then the run's end; `eval_steps`: an evaluation in training steps."""
         evaluation = self.evaluation_s
         if evaluation is None:
-            evaluation = self.step_s * eval_steps / 3 if eval_steps != float("inf") else 0.0
+            evaluation = self.step_s * eval_steps / 3
         return self.step_s + evaluation + self.plot_s + 3 * sample_tokens * self.sample_token_s
 
 
@@ -356,8 +355,9 @@ class Run:
         """Seconds a time budget keeps back for one more step and the run's end."""
         if not self.budget.max_time_s:
             return 0.0
-        eval_steps = len(self.eval_windows) * self.model_cfg.context_len
-        eval_steps /= self.budget.tokens_per_step if len(self.val_tokens) >= 2 else float("inf")
+        evaluated = len(self.val_tokens) >= 2
+        eval_tokens = len(self.eval_windows) * self.model_cfg.context_len if evaluated else 0
+        eval_steps = eval_tokens / self.budget.tokens_per_step
         reserve = self.end.seconds(eval_steps, self.cfg.sample_tokens)
         return min(reserve, 0.5 * self.budget.max_time_s)
 
