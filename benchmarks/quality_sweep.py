@@ -570,63 +570,39 @@ def _patch_normuon(beta2: float = 0.95) -> Callable[[], None]:
 
 def _patch_cautious_decay() -> Callable[[], None]:
     """Weight decay only where it and the step pull the same way: an entry shrinks when its
-    update also moves it towards zero, and is left alone when the gradient wants it larger."""
+    update also moves it towards zero, and is left alone when the gradient wants it larger.
+    The step runs without decay; each entry's decay (of its value before the step, as the
+    decoupled decay it replaces) is then applied where the step moved it towards zero."""
     from slm.training import muon
 
     step = muon.Muon.step
-    muon_step = muon.Muon._muon
-    adamw_step = muon.Muon._adamw
-
-    def cautious(p: torch.Tensor, update: torch.Tensor, group: dict[str, Any]) -> None:
-        if group["weight_decay"]:
-            agree = (p * update) > 0  # p -= lr * update shrinks |p| here
-            p.sub_(p * agree, alpha=group["lr"] * group["weight_decay"])
 
     @torch.no_grad()
     def new_step(self: Any, closure: Any = None) -> None:
+        decays = [group["weight_decay"] for group in self.param_groups]
+        before = {
+            p: p.detach().clone()
+            for group in self.param_groups
+            if group["weight_decay"]
+            for p in group["params"]
+            if p.grad is not None
+        }
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if group["muon"]:
-                self._muon(params, group)
-            else:
-                for p in params:
-                    self._adamw(p, group)
+            group["weight_decay"] = 0.0
+        try:
+            step(self, closure)
+        finally:
+            for group, decay in zip(self.param_groups, decays, strict=True):
+                group["weight_decay"] = decay
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p in before:
+                    old = before[p]
+                    agree = (old * (old - p)) > 0  # the step moved the entry towards zero
+                    p.sub_(old * agree, alpha=group["lr"] * group["weight_decay"])
 
-    def new_muon(self: Any, params: list[torch.Tensor], group: dict[str, Any]) -> None:
-        by_shape: dict[torch.Size, list[torch.Tensor]] = {}
-        for p in params:
-            by_shape.setdefault(p.shape, []).append(p)
-        for shape, same in by_shape.items():
-            updates = [self.nesterov_update(p, group["momentum"]) for p in same]
-            orthogonal = muon.orthogonalize(torch.stack(updates).to(self.ns_dtype))
-            scale = muon.update_scale(shape[0], shape[1])
-            for p, update in zip(same, orthogonal, strict=True):
-                update = update.to(p.dtype)
-                cautious(p, update, group)
-                p.add_(update, alpha=-group["lr"] * scale)
-
-    def new_adamw(self: Any, p: torch.Tensor, group: dict[str, Any]) -> None:
-        state = self.state[p]
-        if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32)
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
-        beta1, beta2 = group["betas"]
-        state["step"] += 1
-        t = float(state["step"])
-        state["exp_avg"].lerp_(p.grad, 1 - beta1)
-        state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-        denom = (state["exp_avg_sq"] / (1 - beta2**t)).sqrt_().add_(group["eps"])
-        update = state["exp_avg"] / denom / (1 - beta1**t)
-        cautious(p, update, group)
-        p.sub_(update, alpha=group["lr"])
-
-    muon.Muon.step, muon.Muon._muon, muon.Muon._adamw = new_step, new_muon, new_adamw
-
-    def undo() -> None:
-        muon.Muon.step, muon.Muon._muon, muon.Muon._adamw = step, muon_step, adamw_step
-
-    return undo
+    muon.Muon.step = new_step
+    return lambda: setattr(muon.Muon, "step", step)
 
 
 def _patch_momentum_schedule(start: float, steps: int) -> Callable[[], None]:
