@@ -18,7 +18,7 @@ from functools import partial
 
 import torch
 
-from slm.bench.measure import interleaved_rates, ratio_summary, summarize
+from slm.bench.measure import interleaved_rates, rates_table
 from slm.bench.suite import machine_info, train_step
 from slm.config import PRESETS, ModelConfig, TrainConfig
 from slm.device import set_threads
@@ -63,19 +63,7 @@ def measure(dtype: torch.dtype, rounds: int, steps: int) -> str:
     }
     rates = interleaved_rates(runs, rounds, steps)
     muon.orthogonalize = FUSED
-    before = rates["products apart (before)"]
-    lines = [
-        f"{dtype}",
-        "| Newton-Schulz | tokens/s (spread) | / before (rounds) |",
-        "|---|---|---|",
-    ]
-    for name, values in rates.items():
-        summary = summarize(values)
-        lines.append(
-            f"| {name} | {summary['median']:,.0f} ({summary['spread']:.0%}) "
-            f"| {ratio_summary(values, before)} |"
-        )
-    return "\n".join(lines) + "\n"
+    return f"{dtype}\n" + rates_table(rates, "products apart (before)", "Newton-Schulz")
 
 
 def main() -> int:

@@ -744,7 +744,7 @@ def speed(names: list[str], rounds: int = 5, steps: int = 4) -> str:
     one at a fixed time: tokens/s, and the ratio to the first variant round by round.
     Patched variants are left out (a patch changes slm's classes for the whole process).
     """
-    from slm.bench.measure import interleaved_rates, ratio_summary, summarize
+    from slm.bench.measure import interleaved_rates, rates_table
     from slm.bench.suite import train_step
     from slm.config import PRESETS, ModelConfig, TrainConfig, split_settings
     from slm.model import GPT
@@ -769,19 +769,7 @@ def speed(names: list[str], rounds: int = 5, steps: int = 4) -> str:
         )
         for _ in range(3):  # compile and settle
             runs[name][0]()
-    rates = interleaved_rates(runs, rounds, steps)
-    first = rates[names[0]]
-    lines = [
-        f"| change | tokens/s (spread) | / {names[0]} (rounds) |",
-        "|---|---|---|",
-    ]
-    for name, values in rates.items():
-        summary = summarize(values)
-        lines.append(
-            f"| {name} | {summary['median']:,.0f} ({summary['spread']:.0%}) "
-            f"| {ratio_summary(values, first)} |"
-        )
-    return "\n".join(lines) + "\n"
+    return rates_table(interleaved_rates(runs, rounds, steps), names[0], "change")
 
 
 def table(rows: list[dict[str, Any]]) -> str:

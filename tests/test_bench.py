@@ -111,7 +111,7 @@ def test_slm_bench_quick_runs_end_to_end_and_writes_its_results(tmp_path, capsys
 
 
 def test_interleaved_rounds_take_turns_and_skip_the_settling_round() -> None:
-    from slm.bench.measure import interleaved_rates, ratio_summary
+    from slm.bench.measure import interleaved_rates, rates_table, ratio_summary
 
     calls: list[str] = []
     steps = {name: (lambda name=name: calls.append(name), 100) for name in ("a", "b")}
@@ -121,3 +121,5 @@ def test_interleaved_rounds_take_turns_and_skip_the_settling_round() -> None:
     assert [len(v) for v in rates.values()] == [3, 3]
     assert all(r > 0 for v in rates.values() for r in v)
     assert ratio_summary([2.0, 3.0, 4.0], [1.0, 2.0, 1.0]) == "2.00x (1.50-4.00)"
+    table = rates_table({"a": [1.0, 2.0, 1.0], "b": [2.0, 3.0, 4.0]}, "a", "step")
+    assert table.splitlines()[3] == "| b | 3 (100%) | 2.00x (1.50-4.00) |"

@@ -47,6 +47,19 @@ def ratio_summary(values: list[float], baseline: list[float]) -> str:
     return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
+def rates_table(rates: dict[str, list[float]], baseline: str, label: str) -> str:
+    """A Markdown table of interleaved rates: each row's median tokens/s with its spread,
+    and its round-by-round ratio to the `baseline` row's."""
+    lines = [f"| {label} | tokens/s (spread) | / {baseline} (rounds) |", "|---|---|---|"]
+    for name, values in rates.items():
+        summary = summarize(values)
+        lines.append(
+            f"| {name} | {summary['median']:,.0f} ({summary['spread']:.0%}) "
+            f"| {ratio_summary(values, rates[baseline])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far, in MB.
 
