@@ -227,6 +227,11 @@ class Run:
         # and building the model count against --max-time, as they do for the user waiting.
         self.started = time.perf_counter() if started is None else started
         self.end = EndCost()
+        # An evaluation's size in training steps, for the end's estimate before one is timed.
+        eval_tokens = len(self.eval_windows) * self.model_cfg.context_len
+        self.eval_steps = (
+            eval_tokens / self.budget.tokens_per_step if len(self.val_tokens) >= 2 else 0
+        )
         self.reserve_s = 0.0  # what the time budget keeps back for the run's end (rank 0's)
         self.last_val: EvalResult | None = None
         if state is not None:
@@ -365,10 +370,7 @@ class Run:
         """Seconds a time budget keeps back for one more step and the run's end."""
         if not self.budget.max_time_s:
             return 0.0
-        evaluated = len(self.val_tokens) >= 2
-        eval_tokens = len(self.eval_windows) * self.model_cfg.context_len if evaluated else 0
-        eval_steps = eval_tokens / self.budget.tokens_per_step
-        reserve = self.end.seconds(eval_steps, self.cfg.sample_tokens)
+        reserve = self.end.seconds(self.eval_steps, self.cfg.sample_tokens)
         return min(reserve, 0.5 * self.budget.max_time_s)
 
     def train_step(self, lr: float) -> float:
