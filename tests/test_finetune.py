@@ -83,6 +83,7 @@ def test_a_fine_tune_records_its_source_and_uses_fine_tune_defaults(base_run, te
     assert train_config["init_from"] == str(base_run)
     assert (train_config["lr"], train_config["weight_decay"]) == (3e-4, 0.0)
     assert train_config["warmup_steps"] == 20
+    assert train_config["label_smoothing"] == 0.0  # what bench_finetune measured without
     assert json.loads((run / "config.json").read_text())["d_model"] == 64  # the source's shape
 
 

@@ -130,10 +130,10 @@ def train_step(
 
     device = torch.device("cpu")
     optimizer = make_optimizer(model, cfg, device, dtype)
-    loss_fn = make_loss_fn(model, device, dtype, compile_it, log=lambda _m: None)
+    loss_fn = make_loss_fn(model, device, dtype, compile_it, lambda _m: None, cfg.label_smoothing)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = loss_fn(x, y)
+        loss, _ = loss_fn(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()

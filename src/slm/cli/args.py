@@ -97,6 +97,7 @@ _TRAIN_HELP = {
     "lr_schedule": "wsd (hold the peak, decay over the last 30%%) or cosine",
     "min_lr_ratio": "the decay ends at lr * this",
     "warmup_steps": "linear warmup steps",
+    "label_smoothing": "share of each target spread over the vocabulary while training",
     "max_steps": "stop after this many optimizer steps",
     "max_tokens": "stop after this many training tokens",
     "max_time": (
@@ -116,7 +117,7 @@ _TRAIN_HELP = {
     "wandb": "log metrics to Weights & Biases (if installed)",
     "tensorboard": "log metrics to TensorBoard (if installed)",
     "init_from": "start from this model folder (fine-tuning): its shape, weights and tokenizer;"
-    " defaults become lr 3e-4, warmup 20, weight decay 0, 2 epochs",
+    " defaults become lr 3e-4, warmup 20, weight decay 0, no label smoothing, 2 epochs",
 }
 
 

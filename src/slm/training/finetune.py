@@ -40,6 +40,7 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
     "lr": 3e-4,
     "warmup_steps": 20,
     "weight_decay": 0.0,
+    "label_smoothing": 0.0,
 }
 # With no budget given, a fine-tune makes two passes over the new data.
 FINETUNE_EPOCHS = 2.0

@@ -248,6 +248,7 @@ class Run:
             self.dtype,
             want_compile(self.cfg.compile, self.device, self.budget),
             self.log,
+            self.cfg.label_smoothing,
         )
 
     def _sampler(self, data: PreparedData, cfg: TrainConfig) -> Any:
@@ -418,9 +419,9 @@ class Run:
             # DDP all-reduces gradients in backward: only once, on the last micro-batch.
             last = micro == accum - 1
             with nullcontext() if last or not self.dist.enabled else self.ddp.no_sync():
-                loss = self.loss_fn(x, y)
+                loss, cross_entropy = self.loss_fn(x, y)
                 (loss / accum).backward()
-            total += loss.item()
+            total += cross_entropy.item()
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()

@@ -63,20 +63,46 @@ def want_compile(setting: str, device: torch.device, budget: Budget) -> bool:
     return device.type == "cpu" and long_run
 
 
+def smoothed_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss to train on, the plain cross-entropy to report) for logits (B, T, vocab).
+
+    Label smoothing trains each position towards (1 - smoothing) on its next token and
+    `smoothing` spread evenly over the vocabulary, which adds `smoothing` times the mean
+    over the vocabulary of -log p to the loss: a model is held back from putting all of
+    its probability on one token. A run over several epochs learns to be sure of its
+    training text; on text it has not seen that certainty costs more than it wins
+    (benchmarks/README.md). The plain cross-entropy is what the progress bar, metrics and
+    plot show, so a training loss still compares with a validation loss. Targets of -100
+    (a chat fine-tune's prompt tokens) count in neither.
+    """
+    log_probs = F.log_softmax(logits.float().flatten(0, 1), dim=-1)
+    targets = targets.flatten()
+    nll = F.nll_loss(log_probs, targets)  # ignores targets of -100
+    if not smoothing:
+        return nll, nll
+    kept = (targets != -100).float()
+    uniform = -(log_probs.mean(dim=-1) * kept).sum() / kept.sum()
+    return (1 - smoothing) * nll + smoothing * uniform, nll
+
+
 def make_loss_fn(
     model: GPT,
     device: torch.device,
     dtype: torch.dtype,
     compile_it: bool,
     log: Callable[[str], None],
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """(x, y) -> mean cross-entropy, under autocast when training in bf16.
+    label_smoothing: float = 0.0,
+) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) -> (loss to train on, mean cross-entropy), under autocast when training in
+    bf16 (`smoothed_cross_entropy`: the two are the same without label smoothing).
 
     The loss is part of the compiled function so that log-softmax over the vocabulary fuses
     with the output head instead of writing the (B, T, vocab) probabilities out twice.
     """
 
-    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         autocast = (
             nullcontext()
             if dtype == torch.float32
@@ -84,14 +110,14 @@ def make_loss_fn(
         )
         with autocast:
             logits = model(x)
-        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        return smoothed_cross_entropy(logits, y, label_smoothing)
 
     if not compile_it:
         return loss_fn
     compiled = torch.compile(loss_fn)
     state = {"fn": compiled}
 
-    def guarded(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def guarded(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Compilation happens at the first call; a missing C++ toolchain must not end the run.
         try:
             return state["fn"](x, y)

@@ -251,6 +251,7 @@ def resumed_train_config(
     # Runs from before a setting existed trained with what it was then.
     saved.setdefault("optimizer", "adamw")
     saved.setdefault("lr_schedule", "cosine")
+    saved.setdefault("label_smoothing", 0.0)
     changed = {
         k: v
         for k, v in overrides.items()
