@@ -432,12 +432,30 @@ def _patch_split_blocks() -> Callable[[], None]:
     return lambda: setattr(muon.Muon, "_muon", muon_step)
 
 
+def _attend(
+    attn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: Any, sin: Any, **gains: Any
+) -> torch.Tensor:
+    """slm's attention from q, k and v (B, T, heads * head_dim) on, for training and scoring
+    with as many key/value heads as heads: heads apart, QK-norm (with `q_gain` / `k_gain`
+    where given), rotary positions, causal attention, the output projection. The screens
+    that change what comes before it share it."""
+    import torch.nn.functional as F
+
+    from slm import model
+
+    B, T, d = q.shape
+    q, k, v = (t.view(B, T, attn.n_heads, attn.head_dim).transpose(1, 2) for t in (q, k, v))
+    q = F.rms_norm(q, (attn.head_dim,), weight=gains.get("q_gain"), eps=attn.eps)
+    k = F.rms_norm(k, (attn.head_dim,), weight=gains.get("k_gain"), eps=attn.eps)
+    q, k = model.apply_rope(q, cos, sin), model.apply_rope(k, cos, sin)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return attn.out(y.transpose(1, 2).reshape(B, T, d))
+
+
 def _patch_qk_gains() -> Callable[[], None]:
     """QK-norm with a learned gain per channel of a head, shared by the heads (as Qwen3's
     q_norm and k_norm): each channel's share of the attention logits can grow or shrink.
     The forward below is the training path only, for as many key/value heads as heads."""
-    import torch.nn.functional as F
-
     from slm import model
 
     init, forward = model.Attention.__init__, model.Attention.forward
@@ -448,15 +466,8 @@ def _patch_qk_gains() -> Callable[[], None]:
         self.k_gain = torch.nn.Parameter(torch.ones(config.head_dim))
 
     def new_forward(self: Any, x: torch.Tensor, cos: Any, sin: Any, cache: Any = None) -> Any:
-        B, T, _ = x.shape
-        q_dim = self.n_heads * self.head_dim
-        q, k, v = self.qkv(x).split([q_dim, q_dim, q_dim], dim=-1)
-        q, k, v = (t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        q = F.rms_norm(q, (self.head_dim,), weight=self.q_gain, eps=self.eps)
-        k = F.rms_norm(k, (self.head_dim,), weight=self.k_gain, eps=self.eps)
-        q, k = model.apply_rope(q, cos, sin), model.apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out(y.transpose(1, 2).reshape(B, T, q_dim))
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return _attend(self, q, k, v, cos, sin, q_gain=self.q_gain, k_gain=self.k_gain)
 
     model.Attention.__init__, model.Attention.forward = new_init, new_forward
 
@@ -679,11 +690,7 @@ def _patch_qkv_shift(taps: int = 1, which: str = "qkv") -> Callable[[], None]:
         self.register_buffer("shift_mask", mask, persistent=False)
 
     def new_forward(self: Any, x: torch.Tensor, cos: Any, sin: Any, cache: Any = None) -> Any:
-        import torch.nn.functional as F
-
         assert cache is None, "the shift screen trains and scores only"
-        B, T, _ = x.shape
-        d = self.n_heads * self.head_dim
         qkv = self.qkv(x)
         mixed = qkv
         for tap in range(taps):
@@ -691,13 +698,7 @@ def _patch_qkv_shift(taps: int = 1, which: str = "qkv") -> Callable[[], None]:
             # and v to fp32 under bf16 autocast (and attention with them).
             mix = (self.shift_mix[tap] * self.shift_mask).to(qkv.dtype)
             mixed = mixed + mix * _shift(qkv, tap + 1)
-        q, k, v = mixed.split([d, d, d], dim=-1)
-        q, k, v = (t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        q = F.rms_norm(q, (self.head_dim,), eps=self.eps)
-        k = F.rms_norm(k, (self.head_dim,), eps=self.eps)
-        q, k = model.apply_rope(q, cos, sin), model.apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out(y.transpose(1, 2).reshape(B, T, d))
+        return _attend(self, *mixed.chunk(3, dim=-1), cos, sin)
 
     model.Attention.__init__, model.Attention.forward = new_init, new_forward
 
@@ -723,19 +724,12 @@ def _patch_value_residual() -> Callable[[], None]:
         self.v_first = torch.nn.Parameter(torch.zeros(config.n_layers))
 
     def attend(attn: Any, x: torch.Tensor, cos: Any, sin: Any, v_first: Any, a: Any, b: Any):
-        B, T, _ = x.shape
-        d = attn.n_heads * attn.head_dim
-        q, k, v = attn.qkv(x).split([d, d, d], dim=-1)
-        q, k, v = (t.view(B, T, attn.n_heads, attn.head_dim).transpose(1, 2) for t in (q, k, v))
+        q, k, v = attn.qkv(x).chunk(3, dim=-1)
         if v_first is None:
             v_first = v
         else:
             v = a * v + b * v_first
-        q = F.rms_norm(q, (attn.head_dim,), eps=attn.eps)
-        k = F.rms_norm(k, (attn.head_dim,), eps=attn.eps)
-        q, k = model.apply_rope(q, cos, sin), model.apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return attn.out(y.transpose(1, 2).reshape(B, T, d)), v_first
+        return _attend(attn, q, k, v, cos, sin), v_first
 
     def new_forward(self: Any, idx: torch.Tensor, cache: Any = None, last_only: bool = False):
         assert cache is None, "the value-residual screen trains and scores only"
